@@ -1,0 +1,1 @@
+"""aacn.models."""
