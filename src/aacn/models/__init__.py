@@ -1,1 +1,27 @@
-"""aacn.models."""
+"""aacn.models: ResNet-34 and WRN-D-K for CIFAR, with attention-augmented convs placed by name.
+
+Entry points: :func:`create_model` (``"resnet34"``, ``"wrn-D-K"``) and :func:`list_models`. Where attention
+goes and how deep it is: :mod:`aacn.models.placement`.
+"""
+
+from aacn.models.placement import PLACEMENTS, ConvSlot, apply_attention, attention_depths, resolve_placement
+from aacn.models.registry import create_model, list_models, register_model
+from aacn.models.resnet import BasicBlock, ResNet, resnet34
+from aacn.models.wide_resnet import WideBasicBlock, WideResNet, wide_resnet
+
+__all__ = [
+    "create_model",
+    "list_models",
+    "register_model",
+    "PLACEMENTS",
+    "ConvSlot",
+    "apply_attention",
+    "attention_depths",
+    "resolve_placement",
+    "ResNet",
+    "BasicBlock",
+    "resnet34",
+    "WideResNet",
+    "WideBasicBlock",
+    "wide_resnet",
+]

@@ -1,0 +1,287 @@
+"""Where attention goes: choose conv slots of a ResNet / WRN and swap them for :class:`aacn.nn.AAConv2d`.
+
+Paper symbols (Bello et al., ICCV 2019) map to arguments as: Nh -> ``num_heads``, kappa -> ``kappa``
+(key depth ``dk = kappa * F_out``), upsilon -> ``upsilon`` (value depth ``dv = upsilon * F_out``), F_out ->
+the replaced conv's ``out_channels``, dk/Nh -> key depth per head (at least ``min_key_depth_per_head``).
+
+Placements (``attention=``):
+
+- ``"none"``: a plain network.
+- ``"seed"``: the replication's placement. ResNet-34: only the last 3x3 conv of the network
+  (``layer4.2.conv2``); WRN: only the first conv of the third group (``block3.0.conv1``).
+- ``"paper"``: WRN: the first conv of every residual block (12 layers in WRN-28-10), as the paper does on
+  CIFAR-100. ResNet-34: the first 3x3 conv of every block of stages 2-4 (13 layers). The paper gives its
+  ResNet settings for ImageNet only; applying them to the CIFAR ResNet-34 this way is *our transfer* of them.
+- a list of names (or one comma-separated string): a block name such as ``"layer3.1"`` / ``"block2.0"``
+  augments that block's first 3x3 conv; a conv name such as ``"layer4.2.conv2"`` augments exactly that conv.
+
+Depths of an augmented conv with ``F_out`` output channels (``round`` is round-half-up here):
+
+- ``dk = max(round(kappa * F_out), min_key_depth_per_head * num_heads)``, then rounded *up* to a multiple
+  of ``num_heads``.
+- ``dv = round(upsilon * F_out)``, then rounded to the *nearest* multiple of ``num_heads`` (halves up),
+  at least ``num_heads`` and at most the largest multiple of ``num_heads`` not above ``F_out``.
+
+So ``kappa = upsilon = 1`` gives ``dv == F_out``, a fully attentional conv, whenever ``num_heads`` divides
+``F_out`` (otherwise that request raises ``ValueError``). The replaced conv keeps the block's own BatchNorm
+after it, so the AAConv2d is built with ``batchnorm=False``: BN(concat(conv, attention)) is exactly the
+paper's AAConv followed by BN.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from torch import nn
+
+__all__ = [
+    "ConvSlot",
+    "PLACEMENTS",
+    "conv_output_size",
+    "block_slots",
+    "attention_depths",
+    "validate_attention_options",
+    "resolve_placement",
+    "apply_attention",
+]
+
+PLACEMENTS = ("none", "seed", "paper")
+
+
+@dataclass(frozen=True)
+class ConvSlot:
+    """A 3x3 conv inside a residual block that may be replaced by an attention-augmented conv.
+
+    Attributes:
+        name: module path, e.g. ``"layer2.0.conv1"``.
+        block: block name, e.g. ``"layer2.0"``.
+        stage: 1-based stage (ResNet) or group (WRN) index.
+        index: position of the conv inside its block (0 = first conv).
+        in_channels: input channels of the conv.
+        out_channels: output channels of the conv (F_out).
+        stride: stride of the conv.
+        resolution: ``(H, W)`` of the conv's input for the model's ``input_size``.
+    """
+
+    name: str
+    block: str
+    stage: int
+    index: int
+    in_channels: int
+    out_channels: int
+    stride: int
+    resolution: tuple[int, int]
+
+
+def conv_output_size(size: int, stride: int) -> int:
+    """Output side of a 'same'-padded odd-kernel conv or pool (kernel ``2p+1``, padding ``p``)."""
+    return (size - 1) // stride + 1
+
+
+def block_slots(
+    block: str, stage: int, in_channels: int, out_channels: int, stride: int, size: int
+) -> tuple[list[ConvSlot], int]:
+    """Slots of a two-3x3-conv block (``conv1`` strided, ``conv2`` not) and the block's output side."""
+    mid = conv_output_size(size, stride)
+    slots = [
+        ConvSlot(f"{block}.conv1", block, stage, 0, in_channels, out_channels, stride, (size, size)),
+        ConvSlot(f"{block}.conv2", block, stage, 1, out_channels, out_channels, 1, (mid, mid)),
+    ]
+    return slots, mid
+
+
+def _round_half_up(x: float) -> int:
+    return int(math.floor(x + 0.5))
+
+
+def attention_depths(
+    out_channels: int,
+    *,
+    kappa: float,
+    upsilon: float,
+    num_heads: int,
+    min_key_depth_per_head: int,
+    name: str = "layer",
+) -> tuple[int, int]:
+    """Total key and value depths ``(dk, dv)`` of an augmented conv with ``out_channels`` outputs.
+
+    See the module docstring for the rounding rules. Raises ``ValueError`` when ``num_heads`` cannot split
+    a value depth that fits the layer (``num_heads > out_channels``) or when a fully attentional layer
+    (``upsilon == 1``) is asked for but ``num_heads`` does not divide ``out_channels``.
+    """
+    if num_heads > out_channels:
+        raise ValueError(
+            f"num_heads={num_heads} is larger than out_channels={out_channels} of {name}: dv must be a "
+            f"positive multiple of num_heads no larger than out_channels; use fewer heads or a wider model"
+        )
+    if upsilon == 1 and out_channels % num_heads != 0:
+        raise ValueError(
+            f"upsilon=1 (fully attentional) needs num_heads to divide out_channels, but {name} has "
+            f"out_channels={out_channels} and num_heads={num_heads}; pick num_heads dividing {out_channels}"
+        )
+    dk = max(_round_half_up(kappa * out_channels), min_key_depth_per_head * num_heads)
+    dk = -(-dk // num_heads) * num_heads
+    dv = _round_half_up(_round_half_up(upsilon * out_channels) / num_heads) * num_heads
+    dv = min(max(dv, num_heads), (out_channels // num_heads) * num_heads)
+    return dk, dv
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def _is_real(x: object) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+def validate_attention_options(
+    *, relative: object, num_heads: object, kappa: object, upsilon: object, min_key_depth_per_head: object
+) -> None:
+    """Raise ``ValueError`` (one line, naming the argument) for an out-of-range attention option."""
+    if not isinstance(relative, bool):
+        raise ValueError(f"relative must be True or False, got {relative!r}")
+    if not _is_int(num_heads) or num_heads < 1:
+        raise ValueError(f"num_heads must be a positive integer (e.g. 8), got {num_heads!r}")
+    for arg, value in (("kappa", kappa), ("upsilon", upsilon)):
+        if not _is_real(value) or not 0 < value <= 1:
+            raise ValueError(
+                f"{arg} must be a number in (0, 1] (e.g. 0.2; 1 = fully attentional), got {value!r}"
+            )
+    if not _is_int(min_key_depth_per_head) or min_key_depth_per_head < 1:
+        raise ValueError(
+            f"min_key_depth_per_head must be a positive integer (e.g. 20), got {min_key_depth_per_head!r}"
+        )
+
+
+def _preset_slots(family: str, slots: Sequence[ConvSlot], placement: str) -> list[ConvSlot]:
+    if placement == "none":
+        return []
+    if family == "resnet":
+        if placement == "seed":
+            return [slots[-1]]
+        return [s for s in slots if s.index == 0 and s.stage >= 2]
+    if family == "wrn":
+        if placement == "seed":
+            return [s for s in slots if s.stage == 3 and s.index == 0][:1]
+        return [s for s in slots if s.index == 0]
+    raise ValueError(f"no placement rules for architecture family {family!r}; expected 'resnet' or 'wrn'")
+
+
+def resolve_placement(
+    family: str, slots: Sequence[ConvSlot], attention: str | Sequence[str]
+) -> list[ConvSlot]:
+    """The conv slots a placement augments, in forward order.
+
+    Args:
+        family: ``"resnet"`` or ``"wrn"`` (the model's ``arch_family``).
+        slots: the model's ``conv_slots`` (every 3x3 conv inside a block, forward order).
+        attention: ``"none"``, ``"seed"``, ``"paper"``, a list of block / conv names, or one comma-separated
+            string of them.
+    """
+    if isinstance(attention, str):
+        if attention in PLACEMENTS:
+            return _preset_slots(family, slots, attention)
+        names = [n.strip() for n in attention.split(",") if n.strip()]
+    elif isinstance(attention, Sequence) and all(isinstance(n, str) for n in attention):
+        names = [n.strip() for n in attention]
+    else:
+        raise ValueError(
+            f"attention must be 'none', 'seed', 'paper' or a list of block names, got {attention!r}"
+        )
+    by_conv = {s.name: s for s in slots}
+    by_block = {s.block: s for s in reversed(slots)}  # first conv of each block wins
+    chosen: list[ConvSlot] = []
+    for n in names:
+        slot = by_conv.get(n) or by_block.get(n)
+        if slot is None:
+            blocks = list(by_block)
+            raise ValueError(
+                f"unknown placement or block {n!r}: use 'none', 'seed', 'paper', or block names "
+                f"{blocks[0]} .. {blocks[-1]} (or a conv such as {slots[-1].name})"
+            )
+        if slot in chosen:
+            raise ValueError(f"attention lists conv {slot.name!r} twice (as {n!r}); list each block once")
+        chosen.append(slot)
+    return sorted(chosen, key=list(slots).index)
+
+
+def apply_attention(
+    model: nn.Module,
+    attention: str | Sequence[str] = "none",
+    *,
+    relative: bool = True,
+    num_heads: int = 8,
+    kappa: float = 0.2,
+    upsilon: float = 0.1,
+    min_key_depth_per_head: int = 20,
+    attention_impl: str = "auto",
+) -> nn.Module:
+    """Replace the placement's conv slots of ``model`` in place by ``AAConv2d`` and describe them.
+
+    ``model`` must expose ``arch_family`` and ``conv_slots`` (as :class:`~aacn.models.resnet.ResNet` and
+    :class:`~aacn.models.wide_resnet.WideResNet` do). Sets ``model.attention_layers`` to one dict per
+    augmented conv: ``name``, ``in_channels``, ``out_channels``, ``stride``, ``resolution`` (``[H, W]`` of
+    the conv's input grid, the grid the attention reads), ``dk``, ``dv``, ``num_heads``, ``relative``.
+    Returns ``model``.
+    """
+    validate_attention_options(
+        relative=relative,
+        num_heads=num_heads,
+        kappa=kappa,
+        upsilon=upsilon,
+        min_key_depth_per_head=min_key_depth_per_head,
+    )
+    chosen = resolve_placement(model.arch_family, model.conv_slots, attention)
+    plans = []
+    for slot in chosen:  # check every layer before touching the model
+        dk, dv = attention_depths(
+            slot.out_channels,
+            kappa=kappa,
+            upsilon=upsilon,
+            num_heads=num_heads,
+            min_key_depth_per_head=min_key_depth_per_head,
+            name=slot.name,
+        )
+        plans.append((slot, dk, dv))
+
+    layers: list[dict] = []
+    if plans:
+        from aacn.nn import AAConv2d  # deferred: plain models need no attention code
+
+        for slot, dk, dv in plans:
+            old = model.get_submodule(slot.name)
+            new = AAConv2d(
+                slot.in_channels,
+                slot.out_channels,
+                3,
+                dk=dk,
+                dv=dv,
+                num_heads=num_heads,
+                stride=slot.stride,
+                relative=relative,
+                padding=1,
+                bias=False,
+                batchnorm=False,
+                feature_size=slot.resolution,
+                attention_impl=attention_impl,
+            ).to(device=old.weight.device, dtype=old.weight.dtype)
+            parent_name, _, attr = slot.name.rpartition(".")
+            setattr(model.get_submodule(parent_name), attr, new)
+            layers.append(
+                {
+                    "name": slot.name,
+                    "in_channels": slot.in_channels,
+                    "out_channels": slot.out_channels,
+                    "stride": slot.stride,
+                    "resolution": list(slot.resolution),
+                    "dk": dk,
+                    "dv": dv,
+                    "num_heads": num_heads,
+                    "relative": relative,
+                }
+            )
+    model.attention_layers = layers
+    return model
