@@ -1,0 +1,56 @@
+"""What a run prints: a progress bar per epoch (loss, accuracy, images/s) and one summary line per epoch."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+
+class EpochProgress:
+    """A tqdm bar over one epoch's steps, updated at the loop's sync points only (no extra device syncs)."""
+
+    def __init__(self, epoch: int, epochs: int, steps: int, *, initial: int = 0, enabled: bool = True):
+        self._bar = None
+        self._last = initial
+        if enabled:
+            self._bar = tqdm(total=steps, initial=initial, desc=f"epoch {epoch}/{epochs}", unit="step",
+                             leave=False, dynamic_ncols=True, file=sys.stderr)
+
+    def update(self, step: int, sums: torch.Tensor, seconds: float, world_size: int) -> None:
+        if self._bar is None:
+            return
+        loss, correct, count = sums.tolist()
+        self._bar.update(step - self._last)
+        self._last = step
+        if count:
+            self._bar.set_postfix(loss=f"{loss / count:.3f}", acc=f"{100 * correct / count:.1f}%",
+                                  img_s=f"{count * world_size / max(seconds, 1e-9):,.0f}", refresh=False)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def format_epoch(row: dict[str, Any], epochs: int) -> str:
+    """One line per finished epoch."""
+    val = ""
+    if row["val_acc"] == row["val_acc"]:  # not NaN (an empty validation split)
+        val = f"  val loss {row['val_loss']:.4f} acc {row['val_acc']:.2f}%"
+    return (f"epoch {row['epoch']:>3}/{epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.2f}%"
+            f"{val}  lr {row['lr']:.4g}  {row['epoch_time_s']:.1f} s  {row['images_per_s']:,.0f} img/s")
+
+
+def describe_attention(layers: list[dict[str, Any]]) -> str:
+    """'no attention' or the augmented layers with their resolution and depths."""
+    if not layers:
+        return "no attention"
+    parts = []
+    for layer in layers:
+        h, w = layer["resolution"]
+        parts.append(f"{layer['name']} @ {h}x{w} (dk={layer['dk']}, dv={layer['dv']}, Nh={layer['num_heads']}"
+                     f"{'' if layer.get('relative', True) else ', no rel'})")
+    return f"{len(layers)} attention-augmented conv(s): " + ", ".join(parts)

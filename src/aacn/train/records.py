@@ -1,0 +1,164 @@
+"""A run directory: the record of one training run, readable without the process that wrote it.
+
+Layout::
+
+    RUN/config.json          {"config": RunConfig fields, "info": model/world/recipe facts}
+    RUN/metrics.jsonl        one JSON object per finished epoch
+    RUN/checkpoints/epoch-0007.pt   (the newest ``checkpoint_keep`` are kept; see ``save_checkpoint``)
+    RUN/results.json         written once, when the run has finished
+
+Every file is written atomically (temporary file in the same folder, fsync, rename), so a crash, a full disk
+or SIGKILL leaves either the old file or the new one, never a half-written file that looks valid. Checkpoints
+hold only tensors and plain Python values, so ``torch.load(path, weights_only=True)`` loads them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from aacn.errors import UserError
+
+CHECKPOINT_FORMAT = 1
+_CKPT_RE = re.compile(r"^epoch-(\d{4,})(?:-step-(\d{6,}))?\.pt$")
+
+
+def atomic_write(path: Path, write: Callable[[Any], None], *, binary: bool = False) -> None:
+    """Write ``path`` through ``write(fileobj)`` into a temporary sibling, fsync it, then rename over ``path``.
+
+    On any error (a full disk included) the temporary file is removed, the previous ``path`` is untouched, and
+    an ``OSError`` becomes a :class:`UserError` that says so.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb" if binary else "w") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise UserError(
+            f"could not write {path} ({exc.strerror or exc}); the previous version is intact. "
+            "Free disk space (or fix permissions) and rerun with --resume"
+        ) from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, data: Any) -> None:
+    atomic_write(path, lambda fh: json.dump(data, fh, indent=2, sort_keys=False, default=str))
+
+
+class RunDir:
+    """The files of one run. Only rank 0 of a distributed run writes; every rank may read."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.config_path = self.path / "config.json"
+        self.metrics_path = self.path / "metrics.jsonl"
+        self.results_path = self.path / "results.json"
+        self.checkpoint_dir = self.path / "checkpoints"
+
+    # ----------------------------------------------------------------------------------------- state
+    def is_finished(self) -> bool:
+        return self.results_path.is_file()
+
+    def has_started(self) -> bool:
+        return self.config_path.is_file() or self.metrics_path.is_file() or any(self.checkpoints())
+
+    def read_json(self, path: Path) -> dict[str, Any]:
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            raise UserError(f"{path} does not exist; is {self.path} a finished 'aacn train' run?") from None
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path} is not valid JSON ({exc.msg}); the run directory is damaged") from None
+
+    def read_config(self) -> dict[str, Any]:
+        return self.read_json(self.config_path)
+
+    def read_results(self) -> dict[str, Any]:
+        return self.read_json(self.results_path)
+
+    # --------------------------------------------------------------------------------------- writing
+    def clear(self) -> None:
+        """Remove what an earlier run left here (used by ``--overwrite``)."""
+        for path in (self.config_path, self.metrics_path, self.results_path):
+            path.unlink(missing_ok=True)
+        for ckpt in self.checkpoints():
+            ckpt.unlink(missing_ok=True)
+
+    def write_config(self, config: dict[str, Any], info: dict[str, Any]) -> None:
+        write_json(self.config_path, {"config": config, "info": info})
+
+    def write_results(self, results: dict[str, Any]) -> None:
+        write_json(self.results_path, results)
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        if not self.metrics_path.is_file():
+            return []
+        rows = []
+        for line in self.metrics_path.read_text().splitlines():
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    break  # a torn last line from a killed writer: everything before it is good
+        return rows
+
+    def write_metrics(self, rows: list[dict[str, Any]]) -> None:
+        """Rewrite the whole metrics file (atomically); used to append and to cut it back on resume."""
+        atomic_write(self.metrics_path, lambda fh: fh.writelines(json.dumps(r) + "\n" for r in rows))
+
+    # ----------------------------------------------------------------------------------- checkpoints
+    def checkpoints(self) -> list[Path]:
+        """Checkpoint files, oldest first."""
+        if not self.checkpoint_dir.is_dir():
+            return []
+        found = [
+            ((int(m.group(1)), int(m.group(2) or 0)), p)
+            for p in self.checkpoint_dir.iterdir()
+            if (m := _CKPT_RE.match(p.name))
+        ]
+        return [p for _, p in sorted(found)]
+
+    def save_checkpoint(self, state: dict[str, Any], epoch: int, step: int = 0, keep: int = 2) -> Path:
+        """Atomically write ``state`` as ``checkpoints/epoch-NNNN.pt``; then prune all but the newest ``keep``.
+
+        ``epoch`` counts finished epochs; ``step`` > 0 marks a checkpoint taken ``step`` batches into the next
+        epoch (on Ctrl-C or SIGTERM), named ``epoch-NNNN-step-SSSSSS.pt``.
+
+        Pruning happens only after the new file is safely in place, so a failure at any point leaves at least
+        the previous checkpoint loadable.
+        """
+        name = f"epoch-{epoch:04d}" + (f"-step-{step:06d}" if step else "")
+        path = self.checkpoint_dir / f"{name}.pt"
+        atomic_write(path, lambda fh: torch.save({"format": CHECKPOINT_FORMAT, **state}, fh), binary=True)
+        for old in self.checkpoints()[:-keep]:
+            old.unlink(missing_ok=True)
+        return path
+
+    def latest_checkpoint(self, map_location: Any = "cpu") -> tuple[Path, dict[str, Any]] | None:
+        """The newest checkpoint that loads; truncated or corrupt ones are skipped with a warning."""
+        for path in reversed(self.checkpoints()):
+            try:
+                state = torch.load(path, map_location=map_location, weights_only=True)
+            except Exception as exc:  # truncated zip, bad pickle, ...: never load it
+                warnings.warn(f"skipping unreadable checkpoint {path} ({type(exc).__name__})", stacklevel=2)
+                continue
+            if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+                warnings.warn(f"skipping {path}: not an aacn checkpoint", stacklevel=2)
+                continue
+            return path, state
+        return None
