@@ -1,0 +1,343 @@
+"""CIFAR-10 / CIFAR-100: download, MD5 verification, safe extraction, loading and the train/val/test split.
+
+The official python archives (``cifar-10-python.tar.gz``, ``cifar-100-python.tar.gz``) are downloaded once
+into a data directory (``--data-dir``, else ``$AACN_DATA``, else a per-user cache), verified against the
+official MD5 *before* extraction and extracted without letting any member escape the directory. A directory
+that already holds the extracted folder (``cifar-10-batches-py`` / ``cifar-100-python``) is used as is.
+
+The official 50,000 training images are split by a fixed-seed permutation into ``train`` (45,000) and
+``val`` (5,000 by default); ``test`` is the official 10,000-image test set. Images are kept as uint8
+``(N, 3, 32, 32)`` tensors; normalisation and augmentation happen later, batched on the training device
+(see :mod:`aacn.data.augment` and :mod:`aacn.data.loader`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import shutil
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from aacn.errors import UserError
+
+BASE_URL = "https://www.cs.toronto.edu/~kriz/"
+NUM_CLASSES: dict[str, int] = {"cifar10": 10, "cifar100": 100}
+
+
+@dataclass(frozen=True)
+class ArchiveSpec:
+    """Where a dataset comes from and what its extracted folder must hold."""
+
+    filename: str  # archive name under BASE_URL
+    md5: str  # official checksum of the archive
+    folder: str  # top-level folder inside the archive
+    train_files: tuple[str, ...]
+    test_files: tuple[str, ...]
+    meta_file: str
+    label_key: str  # "labels" (CIFAR-10) or "fine_labels" (CIFAR-100)
+    names_key: str  # class-name list in the meta file
+
+    @property
+    def expected_files(self) -> tuple[str, ...]:
+        return (*self.train_files, *self.test_files, self.meta_file)
+
+
+ARCHIVES: dict[str, ArchiveSpec] = {
+    "cifar10": ArchiveSpec(
+        filename="cifar-10-python.tar.gz",
+        md5="c58f30108f718f92721af3b95e74349a",
+        folder="cifar-10-batches-py",
+        train_files=tuple(f"data_batch_{i}" for i in range(1, 6)),
+        test_files=("test_batch",),
+        meta_file="batches.meta",
+        label_key="labels",
+        names_key="label_names",
+    ),
+    "cifar100": ArchiveSpec(
+        filename="cifar-100-python.tar.gz",
+        md5="eb9058c3a382ffc7106e4002c42a8d85",
+        folder="cifar-100-python",
+        train_files=("train",),
+        test_files=("test",),
+        meta_file="meta",
+        label_key="fine_labels",
+        names_key="fine_label_names",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Split:
+    """One part of a dataset: ``images`` uint8 ``(N, 3, 32, 32)`` (contiguous, CPU), ``labels`` int64."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4 or self.images.shape[1:] != (3, 32, 32):
+            raise ValueError(f"Split.images must be uint8 (N, 3, 32, 32), got {self.images.dtype} "
+                             f"{tuple(self.images.shape)}")
+        if self.labels.dtype != torch.int64 or self.labels.shape != (self.images.shape[0],):
+            raise ValueError(f"Split.labels must be int64 ({self.images.shape[0]},), got {self.labels.dtype} "
+                             f"{tuple(self.labels.shape)}")
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+
+@dataclass(frozen=True)
+class CifarData:
+    """A loaded dataset: its name, class names and the three splits."""
+
+    name: str
+    classes: list[str]
+    train: Split
+    val: Split
+    test: Split
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
+    """The data directory: ``data_dir`` if given, else ``$AACN_DATA``, else ``$XDG_CACHE_HOME/aacn``
+    (``~/.cache/aacn`` when unset). The directory is not created here."""
+    if data_dir is not None and str(data_dir) != "":
+        return Path(data_dir).expanduser()
+    env = os.environ.get("AACN_DATA")
+    if env:
+        return Path(env).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME")
+    base = Path(cache).expanduser() if cache else Path.home() / ".cache"
+    return base / "aacn"
+
+
+# ----------------------------------------------------------------------------------------------- files
+
+
+def _is_complete(folder: Path, spec: ArchiveSpec) -> bool:
+    return folder.is_dir() and all((folder / f).is_file() for f in spec.expected_files)
+
+
+def find_extracted(data_dir: Path, spec: ArchiveSpec) -> Path | None:
+    """The extracted folder if ``data_dir`` is it or contains it with all expected files, else None."""
+    for cand in (data_dir, data_dir / spec.folder):
+        if _is_complete(cand, spec):
+            return cand
+    return None
+
+
+def file_md5(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex MD5 of a file, read in chunks."""
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def download_file(url: str, dest: Path, *, progress: bool = True) -> None:
+    """Download ``url`` to ``dest`` via a temporary file in the same directory, renamed on success.
+
+    Raises ``OSError`` (incl. ``urllib.error.URLError``) on network or disk failures; no partial file remains.
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
+            total = resp.headers.get("Content-Length")
+            with tqdm(total=int(total) if total else None, unit="B", unit_scale=True, unit_divisor=1024,
+                      desc=f"download {dest.name}", disable=not progress, leave=False) as bar:
+                while block := resp.read(1 << 20):
+                    out.write(block)
+                    bar.update(len(block))
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _safe_members(tar: tarfile.TarFile, archive: Path, folder: str) -> list[tarfile.TarInfo]:
+    """Members to extract; refuses absolute paths, ``..``, links/devices and anything outside ``folder/``."""
+    members = []
+    for m in tar.getmembers():
+        p = PurePosixPath(m.name)
+        if p.is_absolute() or ".." in p.parts or not (m.isfile() or m.isdir()) or p.parts[:1] != (folder,):
+            raise UserError(f"archive {archive} has an unsafe or unexpected member {m.name!r} "
+                            f"(only regular files under {folder}/ are allowed); nothing was extracted — "
+                            f"delete it and re-run to download the official archive")
+        members.append(m)
+    return members
+
+
+def extract_archive(archive: Path, data_dir: Path, spec: ArchiveSpec) -> Path:
+    """Safely extract ``archive`` into ``data_dir``; returns the extracted folder.
+
+    Members are first extracted into a temporary directory inside ``data_dir``; only when every expected
+    file is present are they moved into ``data_dir/spec.folder``, so a failed extraction leaves nothing
+    that looks valid.
+    """
+    tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=data_dir))
+    try:
+        try:
+            with tarfile.open(archive, "r:gz") as tar:
+                members = _safe_members(tar, archive, spec.folder)
+                kwargs = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+                tar.extractall(tmp, members=members, **kwargs)
+        except (tarfile.TarError, EOFError, OSError) as e:
+            raise UserError(f"archive {archive} is corrupt or truncated ({type(e).__name__}: {e}); "
+                            f"delete it and re-run to download it again") from None
+        src = tmp / spec.folder
+        if not _is_complete(src, spec):
+            raise UserError(f"archive {archive} does not hold {spec.folder}/ with "
+                            f"{', '.join(spec.expected_files)}; delete it and re-run to download the "
+                            f"official archive")
+        dst = data_dir / spec.folder
+        dst.mkdir(exist_ok=True)
+        for item in src.iterdir():  # replace file by file: never deletes anything else in dst
+            if item.is_file():
+                os.replace(item, dst / item.name)
+        return dst
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _missing_error(data_dir: Path, spec: ArchiveSpec, reason: str) -> UserError:
+    return UserError(f"{reason}: {data_dir} holds neither {spec.folder}/ with "
+                     f"{', '.join(spec.expected_files)} nor a valid {spec.filename}; put the extracted "
+                     f"{spec.folder} (or {spec.filename} from {BASE_URL}) there, or pass --data-dir with it")
+
+
+def prepare(name: str, data_dir: Path, *, download: bool = True, progress: bool = True) -> Path:
+    """Make sure the extracted folder for ``name`` exists under ``data_dir``; returns its path.
+
+    Order: an already extracted folder (``data_dir`` itself or ``data_dir/<folder>``), else the archive in
+    ``data_dir`` (downloaded first if missing and ``download``), MD5-verified, then extracted.
+    """
+    spec = ARCHIVES[name]
+    found = find_extracted(data_dir, spec)
+    if found is not None:
+        return found
+    archive = data_dir / spec.filename
+    if not archive.is_file():
+        if not download:
+            raise _missing_error(data_dir, spec, f"{name} not found and download=False")
+        url = BASE_URL + spec.filename
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True)
+            download_file(url, archive, progress=progress)
+        except OSError as e:  # URLError is an OSError; so are a full disk and a read-only dir
+            raise _missing_error(data_dir, spec, f"could not download {url} ({e})") from None
+    digest = file_md5(archive)
+    if digest != spec.md5:
+        archive.unlink(missing_ok=True)
+        raise UserError(f"{archive} has MD5 {digest}, expected {spec.md5} (truncated or corrupt download); "
+                        f"the bad file was deleted — re-run to download it again, or pass --data-dir with a "
+                        f"folder holding the extracted {spec.folder}")
+    return extract_archive(archive, data_dir, spec)
+
+
+# ----------------------------------------------------------------------------------------------- loading
+
+
+def _text(x: object) -> object:
+    return x.decode("latin1") if isinstance(x, bytes) else x
+
+
+def _unpickle(path: Path) -> dict[str, object]:
+    """Load a CIFAR pickle (Python-2 or Python-3 style); keys come back as ``str``."""
+    try:
+        with open(path, "rb") as f:
+            obj = pickle.load(f, encoding="latin1")
+    except Exception as e:  # any unpickling failure means a damaged file
+        raise UserError(f"cannot read {path} ({type(e).__name__}: {e}); delete {path.parent} and re-run "
+                        f"to extract/download it again") from None
+    if not isinstance(obj, dict):
+        raise UserError(f"{path} is not a CIFAR batch (expected a dict, got {type(obj).__name__}); "
+                        f"delete {path.parent} and re-run")
+    return {_text(k): v for k, v in obj.items()}
+
+
+def _read_batches(folder: Path, files: tuple[str, ...], spec: ArchiveSpec, num_classes: int) -> Split:
+    images, labels = [], []
+    for fname in files:
+        path = folder / fname
+        d = _unpickle(path)
+        if "data" not in d or spec.label_key not in d:
+            raise UserError(f"{path} lacks the keys 'data' and {spec.label_key!r} of a CIFAR batch; "
+                            f"delete {folder} and re-run")
+        x = np.asarray(d["data"])
+        y = np.asarray(d[spec.label_key], dtype=np.int64)
+        if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3 * 32 * 32 or y.shape != (x.shape[0],):
+            raise UserError(f"{path} holds data {x.dtype} {x.shape} and {y.shape[0]} labels, expected uint8 "
+                            f"(n, 3072) with n labels; delete {folder} and re-run")
+        if y.size and (y.min() < 0 or y.max() >= num_classes):
+            raise UserError(f"{path} has labels outside [0, {num_classes}); delete {folder} and re-run")
+        images.append(x)
+        labels.append(y)
+    x = np.concatenate(images).reshape(-1, 3, 32, 32)
+    return Split(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.concatenate(labels)))
+
+
+def _read_classes(folder: Path, spec: ArchiveSpec, num_classes: int) -> list[str]:
+    path = folder / spec.meta_file
+    names = _unpickle(path).get(spec.names_key)
+    if not isinstance(names, (list, tuple)) or len(names) != num_classes:
+        raise UserError(f"{path} has no list {spec.names_key!r} of {num_classes} class names; "
+                        f"delete {folder} and re-run")
+    return [str(_text(n)) for n in names]
+
+
+def split_train_val(full: Split, val_size: int, split_seed: int) -> tuple[Split, Split]:
+    """Split ``full`` by a permutation from ``torch.Generator().manual_seed(split_seed)``:
+    the first ``val_size`` permuted indices form ``val``, the rest ``train`` (both in permuted order)."""
+    n = len(full)
+    if not 0 <= val_size < n:
+        raise UserError(f"val_size={val_size} must be in [0, {n}) for a training set of {n} images; "
+                        f"pass a smaller validation size")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed))
+    val_idx, train_idx = perm[:val_size], perm[val_size:]
+    take = lambda idx: Split(full.images[idx].contiguous(), full.labels[idx].contiguous())  # noqa: E731
+    return take(train_idx), take(val_idx)
+
+
+def load_cifar(name: str, data_dir: str | os.PathLike | None = None, *, val_size: int = 5000,
+               split_seed: int = 0, subset: int | None = None, download: bool = True,
+               progress: bool = True) -> CifarData:
+    """Load CIFAR-10 or CIFAR-100 (fine labels) as uint8 tensors, split into train/val/test.
+
+    Args:
+        name: ``"cifar10"`` or ``"cifar100"``.
+        data_dir: directory holding (or to receive) the data; see :func:`resolve_data_dir`. May also point
+            directly at the extracted ``cifar-10-batches-py`` / ``cifar-100-python`` folder.
+        val_size: images held out of the official training set for validation (0 allowed).
+        split_seed: seed of the train/val permutation.
+        subset: keep only the first ``subset`` images of the train split (after the split).
+        download: allow downloading the official archive when nothing usable is found.
+        progress: show a download progress bar.
+    """
+    if name not in ARCHIVES:
+        raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(ARCHIVES)}")
+    spec, num_classes = ARCHIVES[name], NUM_CLASSES[name]
+    folder = prepare(name, resolve_data_dir(data_dir), download=download, progress=progress)
+    full = _read_batches(folder, spec.train_files, spec, num_classes)
+    test = _read_batches(folder, spec.test_files, spec, num_classes)
+    classes = _read_classes(folder, spec, num_classes)
+    train, val = split_train_val(full, val_size, split_seed)
+    if subset is not None:
+        if not 0 < subset <= len(train):
+            raise UserError(f"subset={subset} must be in [1, {len(train)}] (the train split of {name} "
+                            f"holds {len(train)} images); pass a smaller --subset")
+        train = Split(train.images[:subset].contiguous(), train.labels[:subset].contiguous())
+    return CifarData(name=name, classes=classes, train=train, val=val, test=test)

@@ -1,0 +1,135 @@
+"""DeviceLoader: the whole split on the training device, batches shuffled, augmented and normalised there.
+
+Training epochs are a pure function of ``(seed, epoch)``: a CPU ``torch.Generator`` seeded from the pair
+draws, once per epoch and for all ``N`` samples at once, a permutation and (with ``augment``) one flip bit
+and one crop offset per position of that permutation. Any batch can therefore be produced — or skipped —
+without drawing anything else, so ``batches(epoch, start=k)`` yields exactly the batches ``k, k+1, …`` of
+``batches(epoch)`` (this is what resuming mid-epoch relies on).
+
+Distributed data parallel: ``batch_size`` is the *global* batch. Every rank computes the same epoch plan;
+rank ``r`` of ``world_size`` takes rows ``[r*b, (r+1)*b)`` (``b = batch_size // world_size``) of each
+global batch, so the ranks' batches together are exactly the single-process batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+
+from aacn.data.augment import Normalizer, random_crop_flip
+from aacn.data.cifar import Split
+from aacn.errors import UserError
+
+PAD = 4  # zero padding of the random crop (32×32 → 40×40)
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """A CPU generator seeded from ``(seed, epoch)`` by hashing, so nearby pairs give unrelated streams."""
+    digest = hashlib.sha256(f"aacn-loader:{int(seed)}:{int(epoch)}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+
+
+def epoch_plan(n: int, seed: int, epoch: int, augment: bool, pad: int = PAD
+               ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """``(perm (n,), flips (n,) bool | None, offsets (n, 2) int64 | None)`` of one training epoch.
+
+    ``flips[i]`` / ``offsets[i]`` belong to the sample at position ``i`` of the permutation. The
+    permutation is drawn first, so it does not depend on ``augment``.
+    """
+    g = epoch_generator(seed, epoch)
+    perm = torch.randperm(n, generator=g)
+    if not augment:
+        return perm, None, None
+    flips = torch.randint(0, 2, (n,), generator=g, dtype=torch.int64).bool()
+    offsets = torch.randint(0, 2 * pad + 1, (n, 2), generator=g, dtype=torch.int64)
+    return perm, flips, offsets
+
+
+class DeviceLoader:
+    """Batches of one split, produced on ``device``.
+
+    Args:
+        split: images uint8 ``(N, 3, 32, 32)`` and labels; moved to ``device`` once, here.
+        batch_size: the global batch size (summed over ranks).
+        device: where the data lives and batches are produced.
+        normalizer: uint8 → float32 normalisation (moved to ``device``).
+        train: shuffle (and optionally augment) per epoch and drop the last partial batch; else in order,
+            no augmentation, last partial batch kept.
+        augment: random flip + pad/crop (only with ``train``).
+        seed: seed of the per-epoch plan.
+        rank, world_size: this process's slice of each global batch.
+        channels_last: yield images in ``torch.channels_last`` memory format.
+    """
+
+    def __init__(self, split: Split, batch_size: int, *, device: torch.device | str, normalizer: Normalizer,
+                 train: bool, augment: bool = False, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 channels_last: bool = False) -> None:
+        n = len(split)
+        if batch_size <= 0:
+            raise UserError(f"batch size must be positive, got {batch_size}; pass --batch-size >= 1")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise UserError(f"rank {rank} / world size {world_size} is invalid: need world_size >= 1 and "
+                            f"0 <= rank < world_size; check the launcher's environment")
+        if batch_size % world_size:
+            raise UserError(f"global batch size {batch_size} is not divisible by the world size "
+                            f"{world_size}; pass a --batch-size that is a multiple of {world_size}")
+        if train and batch_size > n:
+            raise UserError(f"batch size {batch_size} is larger than the training split ({n} images), so an "
+                            f"epoch would have no full batch; pass --batch-size <= {n} or a larger --subset")
+        self.device = torch.device(device)
+        self.images = split.images.to(self.device)
+        self.labels = split.labels.to(self.device)
+        self.normalizer = normalizer.to(self.device)
+        self.batch_size = batch_size
+        self.train, self.augment = train, augment and train
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.local_batch = batch_size // world_size
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.images.shape[0])
+
+    def __len__(self) -> int:
+        """Global batches per epoch: ``N // batch_size`` for training, ``ceil(N / batch_size)`` otherwise."""
+        if self.train:
+            return self.num_samples // self.batch_size
+        return math.ceil(self.num_samples / self.batch_size)
+
+    def _finish(self, images_u8: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        x = self.normalizer(images_u8).contiguous(memory_format=self.memory_format)
+        return x, labels
+
+    def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+        """Yield this rank's ``(images float32 (b, 3, 32, 32), labels int64 (b,))`` for global batches
+        ``start, start+1, …, len(self)-1`` of ``epoch`` (``epoch`` is ignored when not training)."""
+        if not 0 <= start <= len(self):
+            raise ValueError(f"start={start} must be in [0, {len(self)}] (batches per epoch)")
+        return self._train_batches(epoch, start) if self.train else self._eval_batches(start)
+
+    def _train_batches(self, epoch: int, start: int) -> Iterator[tuple[Tensor, Tensor]]:
+        perm, flips, offsets = epoch_plan(self.num_samples, self.seed, epoch, self.augment)
+        # Keep only this rank's rows of the used batches, then move the plan to the device in one copy each.
+        nb, b, r = len(self), self.batch_size, self.rank
+        rows = torch.arange(nb * b).view(nb, b)[:, r * self.local_batch:(r + 1) * self.local_batch]
+        perm = perm[rows].to(self.device)
+        if self.augment:
+            flips, offsets = flips[rows].to(self.device), offsets[rows].to(self.device)
+        for k in range(start, nb):
+            idx = perm[k]
+            x = self.images.index_select(0, idx)
+            if self.augment:
+                x = random_crop_flip(x, flips[k], offsets[k], PAD)
+            yield self._finish(x, self.labels.index_select(0, idx))
+
+    def _eval_batches(self, start: int) -> Iterator[tuple[Tensor, Tensor]]:
+        n, b, lb = self.num_samples, self.batch_size, self.local_batch
+        for k in range(start, len(self)):
+            lo = min(k * b + self.rank * lb, n)
+            hi = min(lo + lb, (k + 1) * b, n)
+            if hi > lo:
+                yield self._finish(self.images[lo:hi], self.labels[lo:hi])
