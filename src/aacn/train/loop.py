@@ -14,6 +14,7 @@ on CPU, ends with the same metrics as a run that was never interrupted.
 from __future__ import annotations
 
 import math
+import os
 import signal
 import sys
 import time
@@ -97,10 +98,13 @@ def run(config: RunConfig, *, resume: bool = False, overwrite: bool = False) -> 
     """Train ``config`` into ``config.out`` and return its results (also written to ``results.json``).
 
     ``resume``: continue an unfinished run from its newest valid checkpoint (a finished one is returned as
-    is). ``overwrite``: discard whatever ``config.out`` holds. Without either, a non-empty run directory is
-    refused. Raises :class:`UserError` for problems the user can fix.
+    is); implied when torchrun restarts the worker group (``TORCHELASTIC_RESTART_COUNT`` > 0).
+    ``overwrite``: discard whatever ``config.out`` holds. Without either, a non-empty run directory is refused.
+    Raises :class:`UserError` for problems the user can fix.
     """
     config.validate()
+    if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
+        resume = True  # torchrun --max-restarts restarted the worker group: go on from the last checkpoint
     ctx = distributed.init(config.device)
     try:
         return _run(config, ctx, resume=resume, overwrite=overwrite)
