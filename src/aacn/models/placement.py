@@ -19,13 +19,20 @@ Depths of an augmented conv with ``F_out`` output channels (``round`` is round-h
 
 - ``dk = max(round(kappa * F_out), min_key_depth_per_head * num_heads)``, then rounded *up* to a multiple
   of ``num_heads``.
-- ``dv = round(upsilon * F_out)``, then rounded to the *nearest* multiple of ``num_heads`` (halves up),
-  at least ``num_heads`` and at most the largest multiple of ``num_heads`` not above ``F_out``.
+- ``dv = upsilon * F_out`` rounded to the *nearest* multiple of ``num_heads`` (halves up), at least
+  ``num_heads`` and at most the largest multiple of ``num_heads`` not above ``F_out`` (the same rule as
+  :class:`aacn.nn.AAConv2d` applies to a fractional ``dv``).
 
 So ``kappa = upsilon = 1`` gives ``dv == F_out``, a fully attentional conv, whenever ``num_heads`` divides
-``F_out`` (otherwise that request raises ``ValueError``). The replaced conv keeps the block's own BatchNorm
-after it, so the AAConv2d is built with ``batchnorm=False``: BN(concat(conv, attention)) is exactly the
-paper's AAConv followed by BN.
+``F_out`` (otherwise that request raises ``ValueError``). Examples with ``num_heads=8``, defaults: F_out 160
+-> (dk, dv) = (160, 16); 128 -> (160, 16); 256 -> (160, 32); 640 -> (160, 64).
+
+The replaced conv keeps the block's own BatchNorm after it, so the AAConv2d is built with
+``batchnorm=False``: BN(concat(conv, attention)) is exactly the paper's AAConv followed by BN (a WRN
+``conv2`` has no BN of its own; it is followed by the residual sum, as the plain conv is). Its relative
+embeddings are sized by ``feature_size`` = the conv's input grid for the model's ``input_size``. A stride-2
+AAConv2d attends over the 2x2 average-pooled input, so the reported ``resolution`` of a layer is the grid the
+attention runs on: the conv's input grid, halved (rounded up) for stride 2.
 """
 
 from __future__ import annotations
@@ -36,6 +43,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from torch import nn
+
+from aacn.nn import AAConv2d
+from aacn.nn.functional import IMPLS
 
 __all__ = [
     "ConvSlot",
@@ -124,7 +134,7 @@ def attention_depths(
         )
     dk = max(_round_half_up(kappa * out_channels), min_key_depth_per_head * num_heads)
     dk = -(-dk // num_heads) * num_heads
-    dv = _round_half_up(_round_half_up(upsilon * out_channels) / num_heads) * num_heads
+    dv = _round_half_up(upsilon * out_channels / num_heads) * num_heads
     dv = min(max(dv, num_heads), (out_channels // num_heads) * num_heads)
     return dk, dv
 
@@ -138,9 +148,17 @@ def _is_real(x: object) -> bool:
 
 
 def validate_attention_options(
-    *, relative: object, num_heads: object, kappa: object, upsilon: object, min_key_depth_per_head: object
+    *,
+    relative: object,
+    num_heads: object,
+    kappa: object,
+    upsilon: object,
+    min_key_depth_per_head: object,
+    attention_impl: object = "auto",
 ) -> None:
     """Raise ``ValueError`` (one line, naming the argument) for an out-of-range attention option."""
+    if attention_impl not in IMPLS:
+        raise ValueError(f"attention_impl must be one of {list(IMPLS)}, got {attention_impl!r}")
     if not isinstance(relative, bool):
         raise ValueError(f"relative must be True or False, got {relative!r}")
     if not _is_int(num_heads) or num_heads < 1:
@@ -223,9 +241,9 @@ def apply_attention(
 
     ``model`` must expose ``arch_family`` and ``conv_slots`` (as :class:`~aacn.models.resnet.ResNet` and
     :class:`~aacn.models.wide_resnet.WideResNet` do). Sets ``model.attention_layers`` to one dict per
-    augmented conv: ``name``, ``in_channels``, ``out_channels``, ``stride``, ``resolution`` (``[H, W]`` of
-    the conv's input grid, the grid the attention reads), ``dk``, ``dv``, ``num_heads``, ``relative``.
-    Returns ``model``.
+    augmented conv: ``name``, ``in_channels``, ``out_channels``, ``stride``, ``resolution`` (``[H, W]``, the
+    grid the attention runs on: the conv's input grid, halved and rounded up for stride 2), ``dk``, ``dv``,
+    ``num_heads``, ``relative``. Validates everything before changing the model. Returns ``model``.
     """
     validate_attention_options(
         relative=relative,
@@ -233,6 +251,7 @@ def apply_attention(
         kappa=kappa,
         upsilon=upsilon,
         min_key_depth_per_head=min_key_depth_per_head,
+        attention_impl=attention_impl,
     )
     chosen = resolve_placement(model.arch_family, model.conv_slots, attention)
     plans = []
@@ -248,40 +267,39 @@ def apply_attention(
         plans.append((slot, dk, dv))
 
     layers: list[dict] = []
-    if plans:
-        from aacn.nn import AAConv2d  # deferred: plain models need no attention code
-
-        for slot, dk, dv in plans:
-            old = model.get_submodule(slot.name)
-            new = AAConv2d(
-                slot.in_channels,
-                slot.out_channels,
-                3,
-                dk=dk,
-                dv=dv,
-                num_heads=num_heads,
-                stride=slot.stride,
-                relative=relative,
-                padding=1,
-                bias=False,
-                batchnorm=False,
-                feature_size=slot.resolution,
-                attention_impl=attention_impl,
-            ).to(device=old.weight.device, dtype=old.weight.dtype)
-            parent_name, _, attr = slot.name.rpartition(".")
-            setattr(model.get_submodule(parent_name), attr, new)
-            layers.append(
-                {
-                    "name": slot.name,
-                    "in_channels": slot.in_channels,
-                    "out_channels": slot.out_channels,
-                    "stride": slot.stride,
-                    "resolution": list(slot.resolution),
-                    "dk": dk,
-                    "dv": dv,
-                    "num_heads": num_heads,
-                    "relative": relative,
-                }
-            )
+    for slot, dk, dv in plans:
+        old = model.get_submodule(slot.name)
+        new = AAConv2d(
+            slot.in_channels,
+            slot.out_channels,
+            3,
+            dk=dk,
+            dv=dv,
+            num_heads=num_heads,
+            stride=slot.stride,
+            relative=relative,
+            padding=1,
+            bias=False,
+            batchnorm=False,
+            feature_size=slot.resolution,
+            attention_impl=attention_impl,
+        ).to(device=old.weight.device, dtype=old.weight.dtype)
+        if new.conv is not None:  # the convolutional part is initialised like the conv it replaces
+            nn.init.kaiming_normal_(new.conv.weight, mode="fan_out", nonlinearity="relu")
+        parent_name, _, attr = slot.name.rpartition(".")
+        setattr(model.get_submodule(parent_name), attr, new)
+        layers.append(
+            {
+                "name": slot.name,
+                "in_channels": slot.in_channels,
+                "out_channels": slot.out_channels,
+                "stride": slot.stride,
+                "resolution": [conv_output_size(side, slot.stride) for side in slot.resolution],
+                "dk": dk,
+                "dv": dv,
+                "num_heads": num_heads,
+                "relative": relative,
+            }
+        )
     model.attention_layers = layers
     return model

@@ -129,6 +129,6 @@ def create_model(name: str, num_classes: int = 10, **kwargs: Any) -> nn.Module:
         base_width = _positive_int("base_width", base_width)
     input_size = _positive_int("input_size", kwargs.pop("input_size", 32))
     attn = {k: kwargs.pop(k, default) for k, default in _ATTENTION_KWARGS.items()}
-    validate_attention_options(**{k: v for k, v in attn.items() if k not in ("attention", "attention_impl")})
+    validate_attention_options(**{k: v for k, v in attn.items() if k != "attention"})
     model = builder(match, num_classes, base_width, input_size, **kwargs)
     return apply_attention(model, **attn)
