@@ -1,0 +1,157 @@
+"""Functional core: exact 2D multi-head self-attention with relative position logits (Bello et al. 2019).
+
+Symbols of the paper and their names here:
+
+* ``Nh`` -- number of heads (dim 1 of every tensor); ``dkh``/``dvh`` -- per-head key/value depth (last dim);
+* ``H x W`` -- the grid; a query pixel ``(x, y)`` has row ``x`` in ``[0, H)`` and column ``y`` in ``[0, W)``;
+* ``r^H`` -> ``rel_h`` of shape ``(2H-1, dkh)``, ``r^W`` -> ``rel_w`` of shape ``(2W-1, dkh)``: one pair per layer,
+  shared by all heads; row ``x' - x + H - 1`` of ``rel_h`` embeds a vertical offset ``x' - x``.
+
+Query ``(x, y)`` attends to key ``(x', y')`` with the logit::
+
+    scale * ( q[x,y] . k[x',y']  +  q[x,y] . rel_w[y'-y+W-1]  +  q[x,y] . rel_h[x'-x+H-1] )
+
+(``scale = dkh ** -0.5`` by default), softmax over all ``H*W`` keys, output = probability-weighted sum of ``v``.
+A ``None`` table drops its term. Implementations (``impl``):
+
+* ``"reference"`` -- the paper's appendix algorithm; materialises ``(HW)^2`` logits. Ground truth for tests.
+* ``"sdpa"`` -- folds the relative terms into ``H + W`` extra query/key columns and calls a fused
+  ``F.scaled_dot_product_attention`` kernel (flash on CPU; flash / memory-efficient / cuDNN on CUDA); the
+  math backend is disabled, so no ``(HW)^2`` tensor is built. Memory ``O(B*Nh*HW*(dkh+H+W))``.
+* ``"chunked"`` -- pure PyTorch, any device and dtype: blocks of queries, recomputed in backward.
+* ``"auto"`` -- ``"sdpa"`` where a fused kernel exists (CPU: float16/bfloat16/float32/float64; CUDA:
+  float16/bfloat16/float32), otherwise ``"chunked"``. (FlexAttention is not used: it has no CPU backward and
+  needs ``torch.compile`` to be memory-efficient; the folded SDPA call already avoids ``(HW)^2``.)
+
+Every implementation is exact (equal up to floating-point rounding), differentiable in ``q, k, v, rel_h,
+rel_w``, and keeps softmax statistics in float32 under bf16/fp16 autocast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from aacn.nn.relative_attention import (
+    block_logits,
+    chunked_attention,
+    compute_dtype,
+    reference_attention,
+    sdpa_attention,
+)
+
+__all__ = ["IMPLS", "relative_attention_2d", "relative_attention_probs", "resolve_impl"]
+
+IMPLS: tuple[str, ...] = ("auto", "reference", "sdpa", "chunked")
+
+_IMPL_FUNCS = {"reference": reference_attention, "sdpa": sdpa_attention, "chunked": chunked_attention}
+_SDPA_DTYPES = {
+    "cpu": (torch.float16, torch.bfloat16, torch.float32, torch.float64),
+    "cuda": (torch.float16, torch.bfloat16, torch.float32),
+}
+
+
+def _check_inputs(q: Tensor, k: Tensor, v: Tensor | None, rel_h: Tensor | None, rel_w: Tensor | None) -> None:
+    """Raise ``ValueError`` naming the argument when shapes disagree with the contract."""
+    if q.dim() != 5:
+        raise ValueError(f"q: expected a 5-d tensor (B, Nh, H, W, dkh), got shape {tuple(q.shape)}")
+    b, nh, h, w, dkh = q.shape
+    if h < 1 or w < 1 or dkh < 1:
+        raise ValueError(f"q: expected H, W, dkh >= 1 in (B, Nh, H, W, dkh), got shape {tuple(q.shape)}")
+    if k.shape != q.shape:
+        raise ValueError(f"k: expected the shape of q {tuple(q.shape)}, got {tuple(k.shape)}")
+    if v is not None:
+        if v.dim() != 5 or v.shape[:4] != q.shape[:4] or v.shape[4] < 1:
+            raise ValueError(f"v: expected shape ({b}, {nh}, {h}, {w}, dvh>=1) matching q, got {tuple(v.shape)}")
+    for name, table, size in (("rel_h", rel_h, h), ("rel_w", rel_w, w)):
+        if table is not None and tuple(table.shape) != (2 * size - 1, dkh):
+            raise ValueError(
+                f"{name}: expected shape (2*{size}-1, dkh) = ({2 * size - 1}, {dkh}) for a "
+                f"{h}x{w} grid with dkh={dkh}, got {tuple(table.shape)}"
+            )
+
+
+def _scale(scale: float | None, dkh: int) -> float:
+    return dkh**-0.5 if scale is None else float(scale)
+
+
+def resolve_impl(impl: str, q: Tensor) -> str:
+    """Map ``impl`` (possibly ``"auto"``) to a concrete implementation name for ``q``'s device and dtype."""
+    if impl not in IMPLS:
+        raise ValueError(f"impl: expected one of {', '.join(map(repr, IMPLS))}, got {impl!r}")
+    if impl != "auto":
+        return impl
+    dtype = compute_dtype(q)
+    return "sdpa" if dtype in _SDPA_DTYPES.get(q.device.type, ()) else "chunked"
+
+
+def relative_attention_2d(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    rel_h: Tensor | None = None,
+    rel_w: Tensor | None = None,
+    scale: float | None = None,
+    impl: str = "auto",
+) -> Tensor:
+    """Multi-head self-attention over an ``H x W`` grid with 2D relative position logits.
+
+    Args:
+        q: queries, (B, Nh, H, W, dkh).
+        k: keys, (B, Nh, H, W, dkh).
+        v: values, (B, Nh, H, W, dvh).
+        rel_h: ``r^H``, (2H-1, dkh) or None (no height-relative term).
+        rel_w: ``r^W``, (2W-1, dkh) or None (no width-relative term).
+        scale: logit scale ``s``; default ``dkh ** -0.5``.
+        impl: one of ``"auto"``, ``"reference"``, ``"sdpa"``, ``"chunked"`` (see the module docstring).
+
+    Returns:
+        (B, Nh, H, W, dvh): for each query pixel, the attention-weighted sum of the values.
+
+    Raises:
+        ValueError: for shapes that disagree (naming the argument) or an unknown ``impl``.
+    """
+    _check_inputs(q, k, v, rel_h, rel_w)
+    name = resolve_impl(impl, q)
+    return _IMPL_FUNCS[name](q, k, v, rel_h, rel_w, _scale(scale, q.shape[-1]))
+
+
+def _query_positions(queries: Sequence[Sequence[int]] | Tensor, h: int, w: int, device: torch.device):
+    """Validate ``queries`` ((row, col) pairs) and return (rows, cols) long tensors of length P."""
+    pos = torch.as_tensor(queries, dtype=torch.long).reshape(-1, 2) if len(queries) else None
+    if pos is None:
+        raise ValueError("queries: expected at least one (row, col) pair, got an empty sequence")
+    bad = (pos[:, 0] < 0) | (pos[:, 0] >= h) | (pos[:, 1] < 0) | (pos[:, 1] >= w)
+    if bool(bad.any()):
+        first = tuple(pos[bad][0].tolist())
+        raise ValueError(f"queries: expected (row, col) with 0 <= row < {h} and 0 <= col < {w}, got {first}")
+    pos = pos.to(device)
+    return pos[:, 0], pos[:, 1]
+
+
+def relative_attention_probs(
+    q: Tensor,
+    k: Tensor,
+    rel_h: Tensor | None = None,
+    rel_w: Tensor | None = None,
+    scale: float | None = None,
+    queries: Sequence[Sequence[int]] | Tensor = ((0, 0),),
+) -> Tensor:
+    """Attention probabilities of chosen query pixels, without building the full ``(HW)^2`` matrix.
+
+    Args:
+        q, k, rel_h, rel_w, scale: as in :func:`relative_attention_2d`.
+        queries: P query pixels as ``(row, col)`` pairs (a sequence or a (P, 2) integer tensor).
+
+    Returns:
+        (B, Nh, P, H, W) probabilities (float32, or float64 for float64 inputs); entry ``[b, n, p, x', y']``
+        is the weight query ``queries[p]`` gives to key ``(x', y')``; each ``[b, n, p]`` sums to one.
+    """
+    _check_inputs(q, k, None, rel_h, rel_w)
+    b, nh, h, w, d = q.shape
+    rows, cols = _query_positions(queries, h, w, q.device)
+    q_block = q[:, :, rows, cols]  # (B, Nh, P, d)
+    logits = block_logits(q_block, rows, cols, k, rel_h, rel_w, _scale(scale, d))
+    return torch.softmax(logits.flatten(-2), dim=-1).view(b, nh, -1, h, w)

@@ -1,0 +1,210 @@
+"""Implementations of exact 2D multi-head self-attention with relative position logits.
+
+All functions here take already-validated tensors (see :mod:`aacn.nn.functional` for the public entry
+points, argument checks and the meaning of every symbol) and compute, for every query pixel ``(x, y)`` and
+key pixel ``(x', y')`` of an ``H x W`` grid::
+
+    logit = scale * (q[x, y] . k[x', y'] + q[x, y] . rel_w[y' - y + W - 1] + q[x, y] . rel_h[x' - x + H - 1])
+
+followed by a softmax over all keys and a weighted sum of the values.
+
+* :func:`reference_attention` -- the paper's appendix algorithm (Bello et al. 2019, Fig. / App. A): it
+  materialises the ``(HW)^2`` logits and two more ``(HW)^2`` relative-logit tensors. Ground truth for tests.
+* :func:`sdpa_attention` -- folds the relative terms into the query/key product (``H + W`` extra columns: the
+  query gets ``q . r^H_(x'-x)`` for every key row ``x'`` and ``q . r^W_(y'-y)`` for every key column ``y'``,
+  the key gets one-hot(``x'``) and one-hot(``y'``)) and calls ``F.scaled_dot_product_attention`` restricted to
+  its fused kernels, so no ``(HW)^2`` tensor is ever built.
+* :func:`chunked_attention` -- pure-PyTorch fallback for any device and dtype: exact attention over blocks of
+  queries, each block recomputed in the backward pass (activation checkpointing), so at most one
+  ``(B, Nh, block, HW)`` tensor is alive at a time.
+
+Softmax statistics are always float32 (or float64 for float64 inputs), also under bf16/fp16 autocast.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.checkpoint import checkpoint
+
+# Fused SDPA backends only: the "math" backend would materialise (HW)^2 and is never allowed here.
+_FUSED_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION]
+
+# Elements of one (B, Nh, block, HW) logits tensor in chunked_attention (16 MiB in float32).
+CHUNK_ELEMENTS = 1 << 22
+
+
+def rel_index(n: int, device: torch.device | None = None) -> Tensor:
+    """``(n, n)`` long tensor ``idx[i, j] = j - i + n - 1``: row of a ``(2n-1, d)`` table for query i, key j."""
+    pos = torch.arange(n, device=device)
+    return pos[None, :] - pos[:, None] + (n - 1)
+
+
+def softmax_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Dtype of softmax statistics: float64 stays float64, everything else is computed in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def compute_dtype(*tensors: Tensor) -> torch.dtype:
+    """The autocast dtype when autocast is on for the tensors' device, else the promoted dtype of the inputs."""
+    device_type = tensors[0].device.type
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    dtype = tensors[0].dtype
+    for t in tensors[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return dtype
+
+
+# --------------------------------------------------------------------------------------------- reference
+
+
+def _rel_to_abs(x: Tensor) -> Tensor:
+    """Paper's ``rel_to_abs``: ``(..., L, 2L-1)`` relative logits -> ``(..., L, L)`` with
+    ``out[..., i, j] = x[..., i, j - i + L - 1]`` (pad one column, flatten, pad ``L-1``, reshape, slice)."""
+    *batch, length, _ = x.shape
+    x = F.pad(x, (0, 1)).reshape(*batch, length * 2 * length)
+    x = F.pad(x, (0, length - 1)).reshape(*batch, length + 1, 2 * length - 1)
+    return x[..., :length, length - 1 :]
+
+
+def _relative_logits_1d(q: Tensor, rel: Tensor) -> Tensor:
+    """Relative logits along the last grid axis of ``q`` (B, Nh, A, L, d) -> (B, Nh, A, L, A, L) tiled,
+    indexed ``[a, l, a', l']`` = ``q[a, l] . rel[l' - l + L - 1]`` (independent of ``a'``)."""
+    b, nh, a, length, _ = q.shape
+    logits = _rel_to_abs(torch.einsum("bnald,md->bnalm", q, rel))  # (B, Nh, A, L, L') [a, l, l']
+    return logits.unsqueeze(4).expand(b, nh, a, length, a, length)
+
+
+def reference_attention(
+    q: Tensor, k: Tensor, v: Tensor, rel_h: Tensor | None, rel_w: Tensor | None, scale: float
+) -> Tensor:
+    """Materialised attention following the paper's appendix algorithm; returns (B, Nh, H, W, dvh)."""
+    b, nh, h, w, _ = q.shape
+    n = h * w
+    logits = torch.matmul(q.reshape(b, nh, n, -1), k.reshape(b, nh, n, -1).transpose(-1, -2))
+    if rel_w is not None:  # [x, y, x', y'] from width-relative logits of rows x
+        logits = logits + _relative_logits_1d(q, rel_w).reshape(b, nh, n, n)
+    if rel_h is not None:  # same on the transposed grid, then back to [x, y, x', y']
+        rel = _relative_logits_1d(q.transpose(2, 3), rel_h)  # [y, x, y', x']
+        logits = logits + rel.permute(0, 1, 3, 2, 5, 4).reshape(b, nh, n, n)
+    probs = torch.softmax(logits.to(softmax_dtype(logits.dtype)) * scale, dim=-1)
+    out = torch.matmul(probs.to(compute_dtype(v, logits)), v.reshape(b, nh, n, -1))
+    return out.reshape(b, nh, h, w, -1)
+
+
+# -------------------------------------------------------------------------------------------------- sdpa
+
+
+def fold_relative(q: Tensor, k: Tensor, rel_h: Tensor | None, rel_w: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Append the relative terms to queries and keys: returns ``(B, Nh, H, W, dkh + H + W)`` tensors
+    (fewer columns when a table is None) whose dot products equal ``q.k + q.r^H + q.r^W``."""
+    b, nh, h, w, _ = q.shape
+    q_parts, k_parts = [q], [k]
+    if rel_h is not None:
+        table = rel_h[rel_index(h, q.device)]  # (H, H', d): [x, x'] -> r^H_(x'-x)
+        q_parts.append(torch.einsum("bnxyd,xpd->bnxyp", q, table))
+        onehot = torch.eye(h, device=k.device, dtype=k.dtype).view(h, 1, h).expand(b, nh, h, w, h)
+        k_parts.append(onehot)
+    if rel_w is not None:
+        table = rel_w[rel_index(w, q.device)]  # (W, W', d): [y, y'] -> r^W_(y'-y)
+        q_parts.append(torch.einsum("bnxyd,yqd->bnxyq", q, table))
+        onehot = torch.eye(w, device=k.device, dtype=k.dtype).view(1, w, w).expand(b, nh, h, w, w)
+        k_parts.append(onehot)
+    return torch.cat(q_parts, dim=-1), torch.cat(k_parts, dim=-1)
+
+
+def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, rel_h: Tensor | None, rel_w: Tensor | None, scale: float) -> Tensor:
+    """Exact attention through a fused ``F.scaled_dot_product_attention`` kernel (never the math backend).
+
+    Query/key/value head sizes are padded with zeros to one common size (the CPU flash kernel needs it; on
+    CUDA it is rounded up to a multiple of 8 so the flash kernel applies for fp16/bf16). Zero columns change
+    neither the logits nor the output. Raises ``RuntimeError`` from PyTorch if no fused kernel supports the
+    device/dtype (e.g. float64 on CUDA); ``impl="auto"`` avoids those cases.
+    """
+    b, nh, h, w, dvh = v.shape
+    n = h * w
+    qe, ke = fold_relative(q, k, rel_h, rel_w)
+    dtype = compute_dtype(qe, ke, v)
+    depth = max(qe.shape[-1], dvh)
+    if q.device.type == "cuda":
+        depth = -(-depth // 8) * 8
+    # Fused kernels need stride 1 in the last dim: pad (a copy) or make contiguous.
+    qe, ke, ve = (F.pad(t.to(dtype), (0, depth - t.shape[-1])).contiguous().view(b, nh, n, depth) for t in (qe, ke, v))
+    with sdpa_kernel(_FUSED_BACKENDS):
+        out = F.scaled_dot_product_attention(qe, ke, ve, scale=scale)
+    return out[..., :dvh].reshape(b, nh, h, w, dvh)
+
+
+# ----------------------------------------------------------------------------------------------- chunked
+
+
+def block_logits(
+    q_block: Tensor,
+    rows: Tensor,
+    cols: Tensor,
+    k: Tensor,
+    rel_h: Tensor | None,
+    rel_w: Tensor | None,
+    scale: float,
+) -> Tensor:
+    """Scaled logits of P chosen queries against all keys: ``q_block`` (B, Nh, P, d) for the query pixels at
+    ``rows``/``cols`` (P,), ``k`` (B, Nh, H, W, d) -> (B, Nh, P, H, W) in the softmax dtype."""
+    b, nh, h, w, d = k.shape
+    logits = torch.matmul(q_block, k.reshape(b, nh, h * w, d).transpose(-1, -2)).view(b, nh, -1, h, w)
+    if rel_h is not None:  # (P, H', d): r^H_(x'-x) for each chosen query row x
+        table = rel_h[rel_index(h, q_block.device)[rows]]
+        logits = logits + torch.einsum("bnpd,pxd->bnpx", q_block, table)[..., :, None]
+    if rel_w is not None:
+        table = rel_w[rel_index(w, q_block.device)[cols]]
+        logits = logits + torch.einsum("bnpd,pyd->bnpy", q_block, table)[..., None, :]
+    return logits.to(softmax_dtype(logits.dtype)) * scale
+
+
+def _attend_block(
+    q_block: Tensor,
+    rows: Tensor,
+    cols: Tensor,
+    k: Tensor,
+    v_flat: Tensor,
+    rel_h: Tensor | None,
+    rel_w: Tensor | None,
+    scale: float,
+) -> Tensor:
+    logits = block_logits(q_block, rows, cols, k, rel_h, rel_w, scale)
+    probs = torch.softmax(logits.flatten(-2), dim=-1)
+    return torch.matmul(probs.to(compute_dtype(v_flat, q_block)), v_flat)
+
+
+def chunked_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    rel_h: Tensor | None,
+    rel_w: Tensor | None,
+    scale: float,
+    chunk_elements: int | None = None,
+) -> Tensor:
+    """Exact attention over blocks of queries with activation checkpointing; returns (B, Nh, H, W, dvh).
+
+    ``chunk_elements`` bounds the size of one block's logits (default :data:`CHUNK_ELEMENTS`).
+    """
+    b, nh, h, w, d = q.shape
+    n = h * w
+    chunk_elements = CHUNK_ELEMENTS if chunk_elements is None else chunk_elements
+    block = max(1, min(n, chunk_elements // max(1, b * nh * n)))
+    q_flat = q.reshape(b, nh, n, d)
+    v_flat = v.reshape(b, nh, n, -1)
+    pos = torch.arange(n, device=q.device)
+    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, rel_h, rel_w))
+    outs = []
+    for start in range(0, n, block):
+        idx = pos[start : start + block]
+        args = (q_flat[:, :, start : start + block], idx // w, idx % w, k, v_flat, rel_h, rel_w, scale)
+        if grad and block < n:
+            outs.append(checkpoint(_attend_block, *args, use_reentrant=False))
+        else:
+            outs.append(_attend_block(*args))
+    return torch.cat(outs, dim=2).reshape(b, nh, h, w, -1)
