@@ -189,16 +189,18 @@ def _preset_slots(family: str, slots: Sequence[ConvSlot], placement: str) -> lis
 
 
 def resolve_placement(
-    family: str, slots: Sequence[ConvSlot], attention: str | Sequence[str]
+    family: str, slots: Sequence[ConvSlot], attention: str | Sequence[str] | None
 ) -> list[ConvSlot]:
     """The conv slots a placement augments, in forward order.
 
     Args:
         family: ``"resnet"`` or ``"wrn"`` (the model's ``arch_family``).
         slots: the model's ``conv_slots`` (every 3x3 conv inside a block, forward order).
-        attention: ``"none"``, ``"seed"``, ``"paper"``, a list of block / conv names, or one comma-separated
-            string of them.
+        attention: ``"none"`` (or ``None``), ``"seed"``, ``"paper"``, a list of block / conv names, or one
+            comma-separated string of them.
     """
+    if attention is None:
+        attention = "none"
     if isinstance(attention, str):
         if attention in PLACEMENTS:
             return _preset_slots(family, slots, attention)
