@@ -15,6 +15,8 @@ Normalisation modes (:data:`NORMALIZE_MODES`):
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -22,18 +24,34 @@ from torch import Tensor
 NORMALIZE_MODES = ("seed", "standard")
 
 
-def crop_flip_index(flips: Tensor, offsets: Tensor, height: int, width: int, pad: int = 4) -> Tensor:
-    """Flat source indices into the zero-padded ``(height + 2*pad) × (width + 2*pad)`` image.
-
-    Returns int64 ``(B, height*width)``: output pixel ``(i, j)`` of image ``b`` reads padded pixel
-    ``(i + offsets[b, 0], jj + offsets[b, 1])`` with ``jj = width - 1 - j`` if ``flips[b]`` else ``j``.
-    """
-    device = offsets.device
-    rows = torch.arange(height, device=device)[None, :] + offsets[:, 0:1]  # (B, H)
-    cols = torch.arange(width, device=device)[None, :]
-    cols = torch.where(flips.to(torch.bool)[:, None], (width - 1) - cols, cols) + offsets[:, 1:2]  # (B, W)
+@functools.lru_cache(maxsize=16)
+def _flat_grid(height: int, width: int, pad: int, device: torch.device) -> Tensor:
+    """int64 ``(2, height*width)``: flat indices into the padded image of the crop at offset (0, 0),
+    unflipped (row 0) and flipped left-right (row 1). Cached: the table is tiny and reused every batch."""
     wp = width + 2 * pad
-    return (rows[:, :, None] * wp + cols[:, None, :]).reshape(offsets.shape[0], height * width)
+    i = torch.arange(height, device=device)[:, None] * wp
+    j = torch.arange(width, device=device)[None, :]
+    return torch.stack([(i + j).reshape(-1), (i + (width - 1) - j).reshape(-1)])
+
+
+def crop_flip_padded(padded_u8: Tensor, flip_idx: Tensor, shift: Tensor, pad: int = 4) -> Tensor:
+    """Crop (and flip) already zero-padded images with one ``gather``; the core of :func:`random_crop_flip`.
+
+    Args:
+        padded_u8: ``(B, C, H + 2*pad, W + 2*pad)`` contiguous images.
+        flip_idx: int64 ``(B,)``, 1 to flip image ``b`` left-right after cropping, 0 not to.
+        shift: int64 ``(B,)``, flat offset ``row * (W + 2*pad) + col`` of the crop's top-left corner.
+        pad: the padding already applied.
+
+    Returns:
+        ``(B, C, H, W)``; output pixel ``(i, j)`` of image ``b`` is padded pixel ``(row + i, col + jj)`` with
+        ``jj = W - 1 - j`` if flipped else ``j``.
+    """
+    b, c, hp, wp = padded_u8.shape
+    h, w = hp - 2 * pad, wp - 2 * pad
+    index = _flat_grid(h, w, pad, padded_u8.device).index_select(0, flip_idx).add_(shift[:, None])  # (B, H*W)
+    out = padded_u8.reshape(b, c, hp * wp).gather(2, index[:, None, :].expand(b, c, h * w))
+    return out.reshape(b, c, h, w)
 
 
 def random_crop_flip(images_u8: Tensor, flips: Tensor, offsets: Tensor, pad: int = 4) -> Tensor:
@@ -55,9 +73,11 @@ def random_crop_flip(images_u8: Tensor, flips: Tensor, offsets: Tensor, pad: int
                          f"{tuple(offsets.shape)}")
     if b == 0:
         return images_u8.clone()
-    padded = F.pad(images_u8, (pad, pad, pad, pad)).reshape(b, c, (h + 2 * pad) * (w + 2 * pad))
-    index = crop_flip_index(flips.to(images_u8.device), offsets.to(images_u8.device, torch.int64), h, w, pad)
-    return padded.gather(2, index[:, None, :].expand(b, c, h * w)).reshape(b, c, h, w)
+    device = images_u8.device
+    offsets = offsets.to(device, torch.int64)
+    shift = offsets[:, 0] * (w + 2 * pad) + offsets[:, 1]
+    padded = F.pad(images_u8, (pad, pad, pad, pad))
+    return crop_flip_padded(padded, flips.to(device, torch.int64), shift, pad)
 
 
 def _image_stats(images_u8: Tensor, chunk: int = 4096) -> tuple[Tensor, Tensor]:
@@ -109,7 +129,8 @@ class Normalizer(torch.nn.Module):
 
     def forward(self, images_u8: Tensor) -> Tensor:
         """``(B, C, H, W)`` images (uint8 0..255) → float32 ``(x / 255 - mean) / std``, memory format kept."""
-        return torch.addcmul(self.shift, images_u8.to(torch.float32), self.scale)
+        x = images_u8.to(torch.float32, copy=True)  # a new tensor in the input's memory format
+        return torch.addcmul(self.shift, x, self.scale, out=x)
 
     def extra_repr(self) -> str:
         return f"mode={self.mode!r}"

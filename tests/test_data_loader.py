@@ -1,0 +1,178 @@
+"""aacn.data.augment and aacn.data.loader: batched crop/flip vs a per-image reference, normaliser
+statistics, and the DeviceLoader's determinism, resume (start=k), rank split and memory format."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from aacn.data.augment import NORMALIZE_MODES, Normalizer, random_crop_flip
+from aacn.data.cifar import Split
+from aacn.data.loader import DeviceLoader, epoch_plan
+from aacn.errors import UserError
+
+
+def _reference_crop_flip(img: torch.Tensor, flip: bool, oy: int, ox: int, pad: int) -> torch.Tensor:
+    """One image, step by step: zero-pad, crop, flip."""
+    h, w = img.shape[-2:]
+    padded = torch.zeros(img.shape[0], h + 2 * pad, w + 2 * pad, dtype=img.dtype)
+    padded[:, pad:pad + h, pad:pad + w] = img
+    crop = padded[:, oy:oy + h, ox:ox + w]
+    return crop.flip(-1) if flip else crop
+
+
+def _images(n: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+def _split(n: int) -> Split:
+    """Labels are sample ids, so every yielded row can be traced back to its source image."""
+    return Split(_images(n), torch.arange(n))
+
+
+@pytest.mark.parametrize("pad", [4, 2])
+def test_random_crop_flip_matches_per_image_reference(pad: int) -> None:
+    g = torch.Generator().manual_seed(1)
+    x = _images(64)
+    flips = torch.randint(0, 2, (64,), generator=g).bool()
+    offsets = torch.randint(0, 2 * pad + 1, (64, 2), generator=g)
+    out = random_crop_flip(x, flips, offsets, pad=pad)
+    assert out.shape == x.shape and out.dtype == torch.uint8
+    ref = torch.stack([_reference_crop_flip(x[i], bool(flips[i]), int(offsets[i, 0]), int(offsets[i, 1]), pad)
+                       for i in range(64)])
+    assert torch.equal(out, ref)
+
+
+def test_crop_and_flip_really_move_pixels() -> None:
+    x = _images(2, seed=5)
+    same = random_crop_flip(x, torch.tensor([False, False]), torch.tensor([[4, 4], [4, 4]]))
+    assert torch.equal(same, x)
+    flipped = random_crop_flip(x, torch.tensor([True, False]), torch.tensor([[4, 4], [4, 4]]))
+    assert torch.equal(flipped[0], x[0].flip(-1)) and torch.equal(flipped[1], x[1])
+    corner = random_crop_flip(x, torch.tensor([False, False]), torch.tensor([[0, 0], [8, 8]]))
+    assert torch.equal(corner[0, :, 4:, 4:], x[0, :, :28, :28])  # shifted down-right by 4
+    assert (corner[0, :, :4, :] == 0).all() and (corner[0, :, :, :4] == 0).all()  # zero border
+    assert torch.equal(corner[1, :, :28, :28], x[1, :, 4:, 4:])  # shifted up-left by 4
+    assert (corner[1, :, 28:, :] == 0).all() and (corner[1, :, :, 28:] == 0).all()
+    assert not torch.equal(corner, x)
+
+
+@pytest.mark.parametrize("mode", NORMALIZE_MODES)
+def test_normalizer_statistics(mode: str) -> None:
+    x = _images(300, seed=2)
+    x[:, 0] //= 2  # make the channels differ
+    norm = Normalizer(mode, x)
+    xd = x.double() / 255
+    if mode == "seed":
+        assert norm.mean.shape == (3, 32, 32)
+        torch.testing.assert_close(norm.mean.double(), xd.mean(0), rtol=0, atol=1e-6)
+        ref = xd - xd.mean(0)
+    else:
+        mean, std = xd.mean((0, 2, 3), keepdim=True), xd.std((0, 2, 3), unbiased=False, keepdim=True)
+        torch.testing.assert_close(norm.mean.double(), mean[0], rtol=0, atol=1e-6)
+        torch.testing.assert_close(norm.std.double(), std[0], rtol=0, atol=1e-6)
+        ref = (xd - mean) / std
+        out = norm(x).double()
+        torch.testing.assert_close(out.mean((0, 2, 3)), torch.zeros(3, dtype=torch.float64), rtol=0, atol=1e-5)
+        torch.testing.assert_close(out.std((0, 2, 3), unbiased=False), torch.ones(3, dtype=torch.float64),
+                                   rtol=0, atol=1e-5)
+    out = norm(x[:10])
+    assert out.dtype == torch.float32 and out.shape == (10, 3, 32, 32)
+    torch.testing.assert_close(out.double(), ref[:10], rtol=0, atol=1e-5)
+    assert {k for k, _ in norm.named_buffers()} >= {"mean", "std"}
+    with pytest.raises(ValueError, match="unknown normalisation mode 'zca'.*seed, standard"):
+        Normalizer("zca", x)
+
+
+def _collect(loader: DeviceLoader, epoch: int = 0, start: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return list(loader.batches(epoch, start))
+
+
+def _loader(split: Split, bs: int, **kw) -> DeviceLoader:
+    kw.setdefault("train", True)
+    return DeviceLoader(split, bs, device="cpu", normalizer=Normalizer("seed", split.images), **kw)
+
+
+def test_train_epoch_is_a_permutation_with_the_planned_augmentation() -> None:
+    split = _split(50)
+    loader = _loader(split, 8, augment=True, seed=3)
+    assert len(loader) == 50 // 8
+    batches = _collect(loader, epoch=2)
+    assert len(batches) == 6 and all(x.shape == (8, 3, 32, 32) and x.dtype == torch.float32 for x, _ in batches)
+    ids = torch.cat([y for _, y in batches])
+    perm, flips, offsets = epoch_plan(50, 3, 2, True)
+    assert torch.equal(ids, perm[:48]) and len(set(ids.tolist())) == 48  # drop_last, no repeats
+    expect = random_crop_flip(split.images[perm[:48]], flips[:48], offsets[:48])
+    torch.testing.assert_close(torch.cat([x for x, _ in batches]), loader.normalizer(expect))
+    # The augmentation changes the images (vs the plain normalised samples).
+    plain = loader.normalizer(split.images[ids])
+    assert not torch.equal(torch.cat([x for x, _ in batches]), plain)
+
+
+def test_determinism_epochs_and_resume_start() -> None:
+    split = _split(40)
+    a, b = _loader(split, 8, augment=True, seed=7), _loader(split, 8, augment=True, seed=7)
+    ea, eb = _collect(a, 1), _collect(b, 1)
+    assert all(torch.equal(x1, x2) and torch.equal(y1, y2) for (x1, y1), (x2, y2) in zip(ea, eb, strict=True))
+    other_epoch = torch.cat([y for _, y in _collect(a, 2)])
+    other_seed = torch.cat([y for _, y in _collect(_loader(split, 8, augment=True, seed=8), 1)])
+    first = torch.cat([y for _, y in ea])
+    assert not torch.equal(first, other_epoch) and not torch.equal(first, other_seed)
+    for k in (0, 2, 4, 5):
+        tail = _collect(a, 1, start=k)
+        assert len(tail) == 5 - k
+        assert all(torch.equal(x1, x2) and torch.equal(y1, y2) for (x1, y1), (x2, y2) in zip(tail, ea[k:], strict=True))
+    with pytest.raises(ValueError, match="start=6"):
+        a.batches(1, start=6)
+    # Without augmentation the order is the same plan's permutation.
+    plain = torch.cat([y for _, y in _collect(_loader(split, 8, augment=False, seed=7), 1)])
+    assert torch.equal(plain, first)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_ranks_together_equal_single_process(train: bool) -> None:
+    split = _split(37)
+    single = _collect(_loader(split, 8, train=train, augment=train, seed=1), 3)
+    for world in (2, 4):
+        per_rank = [_collect(_loader(split, 8, train=train, augment=train, seed=1, rank=r, world_size=world), 3)
+                    for r in range(world)]
+        if train:
+            assert all(len(p) == len(single) for p in per_rank)
+        for k, (x, y) in enumerate(single):
+            parts = [p[k] for p in per_rank if k < len(p)]
+            assert torch.equal(torch.cat([px for px, _ in parts]), x)
+            assert torch.equal(torch.cat([py for _, py in parts]), y)
+
+
+def test_eval_order_partial_batch_and_empty_rank_slices() -> None:
+    split = _split(21)
+    loader = _loader(split, 8, train=False)
+    assert len(loader) == 3
+    batches = _collect(loader)
+    assert [len(y) for _, y in batches] == [8, 8, 5]
+    assert torch.equal(torch.cat([y for _, y in batches]), torch.arange(21))
+    torch.testing.assert_close(torch.cat([x for x, _ in batches]), loader.normalizer(split.images))
+    # 4 ranks, local batch 2: the last global batch (5 images) gives ranks 0..2 rows, rank 3 gets one row less
+    sizes = [[len(y) for _, y in _collect(_loader(split, 8, train=False, rank=r, world_size=4))] for r in range(4)]
+    assert sizes == [[2, 2, 2], [2, 2, 2], [2, 2, 1], [2, 2]]
+    empty = Split(torch.zeros(0, 3, 32, 32, dtype=torch.uint8), torch.zeros(0, dtype=torch.int64))
+    none = DeviceLoader(empty, 8, device="cpu", normalizer=loader.normalizer, train=False)
+    assert len(none) == 0 and _collect(none) == []
+
+
+def test_channels_last_and_validation() -> None:
+    split = _split(20)
+    cl = _collect(_loader(split, 4, augment=True, channels_last=True), 0)
+    std = _collect(_loader(split, 4, augment=True, channels_last=False), 0)
+    for (x1, _), (x2, _) in zip(cl, std, strict=True):
+        assert x1.is_contiguous(memory_format=torch.channels_last) and x2.is_contiguous()
+        assert torch.equal(x1, x2)
+    with pytest.raises(UserError, match="batch size 21 is larger than the training split"):
+        _loader(split, 21)
+    assert len(_loader(split, 21, train=False)) == 1  # fine for evaluation
+    with pytest.raises(UserError, match="not divisible by the world size 3"):
+        _loader(split, 8, world_size=3)
+    with pytest.raises(UserError, match="batch size must be positive"):
+        _loader(split, 0)
+    with pytest.raises(UserError, match="rank 2 / world size 2"):
+        _loader(split, 8, rank=2, world_size=2)
