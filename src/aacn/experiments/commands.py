@@ -1,0 +1,153 @@
+"""CLI verbs of the experiment layer: ``reproduce``, ``report``, ``sweep`` and ``attention-maps``.
+
+:func:`register` adds them to the ``aacn`` sub-parsers; each sets ``func(args) -> exit code``. Mistakes a user
+can make raise :class:`aacn.errors.UserError`, which the CLI prints as one line with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from aacn.errors import UserError
+
+__all__ = ["register"]
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    from aacn.experiments.reproduce import reproduce
+
+    if args.placement is not None and args.table != "table2":
+        raise UserError(f"--placement applies to table2 only (table {args.table!r} has a fixed placement); drop it")
+    overrides = {"data_dir": args.data_dir, "device": args.device, "amp": args.amp, "progress": args.progress,
+                 "compile": args.compile}
+    result = reproduce(args.table, scale=args.scale, seeds=args.seeds, placement=args.placement or "seed",
+                       out=args.out, **overrides)
+    print()
+    print(result.markdown)
+    print(f"\nreport: {', '.join(str(p) for p in result.files)}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from aacn.experiments.report import report
+
+    result = report(args.run_dirs, args.out, partial=args.partial, extended=not args.basic)
+    print(result.markdown)
+    print(f"\nwrote {', '.join(str(p) for p in result.files)}")
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from aacn.cli import config_from_args
+    from aacn.experiments.presets import scale_settings
+    from aacn.experiments.sweep import parse_grid, sweep
+
+    grid = parse_grid(args.grid)
+    if args.scale is not None:  # fill in the scale's settings for the flags left at their defaults
+        parser: argparse.ArgumentParser = args.sweep_parser
+        run_fields, model_kwargs = scale_settings(args.model, args.scale, attention=args.attention)
+        for name, value in {**run_fields, **model_kwargs}.items():
+            if getattr(args, name, None) == parser.get_default(name):
+                setattr(args, name, value)
+    out = args.out
+    args.out = str(Path(out) / "_base")  # config_from_args needs some out; every point gets its own
+    base = config_from_args(args)
+    result = sweep(base, grid, out)
+    print()
+    print(result.markdown)
+    print(f"\nsummary: {', '.join(str(p) for p in result.files)}")
+    return 0
+
+
+def _attention_maps(args: argparse.Namespace) -> int:
+    from aacn.viz.attention_maps import attention_maps_command
+
+    path = attention_maps_command(args.run_dir, layer=args.layer, image=args.image, pixels=args.pixels,
+                                  out=args.out, data_dir=args.data_dir)
+    print(f"wrote {path}")
+    return 0
+
+
+def _pixel(text: str) -> tuple[int, int]:
+    x, sep, y = text.partition(",")
+    try:
+        if not sep:
+            raise ValueError
+        return int(x), int(y)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"pixel must be X,Y (column,row) integers such as 16,8, got {text!r}"
+                                         ) from None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``reproduce``, ``report``, ``sweep`` and ``attention-maps`` to the ``aacn`` sub-parsers."""
+    from aacn.cli import add_train_arguments
+    from aacn.config import AMP_MODES
+    from aacn.experiments.presets import SCALES, TABLES
+
+    p = subparsers.add_parser(
+        "reproduce", help="train and report table1 | table2 | paper-cifar100",
+        description="Train every run of a table one after the other into OUT/<row>-seed<k>/ (finished runs "
+                    "are skipped, unfinished ones resumed), then write OUT/report.md, report.csv and "
+                    "learning_curves.png.")
+    p.add_argument("table", choices=TABLES)
+    p.add_argument("--scale", choices=SCALES, default="smoke",
+                   help="smoke: narrow models, 2-core CPU minutes; fast: one modern GPU; full: the replication's "
+                        "epochs (default smoke)")
+    p.add_argument("--seeds", type=_positive_int, default=1, help="runs per row, seeds 0..N-1 (default 1)")
+    p.add_argument("--placement", choices=("seed", "paper"),
+                   help="table2 only: the replication's single attention layer (seed, default) or the paper's")
+    p.add_argument("--out", help="folder of the runs and the report (default runs/<table>[-<placement>]-<scale>)")
+    p.add_argument("--data-dir", help="where CIFAR lives or is downloaded (default $AACN_DATA, else a cache)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    p.add_argument("--amp", default="auto", choices=AMP_MODES)
+    p.add_argument("--compile", action="store_true", help="torch.compile every model")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    p.set_defaults(func=_reproduce)
+
+    p = subparsers.add_parser(
+        "report", help="tabulate finished runs (markdown, CSV, learning curves)",
+        description="Read run directories and write report.md, report.csv and learning_curves.png; runs that "
+                    "differ only in their seed share a row (mean ± std).")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", help="where to write (default: the common parent of the run directories)")
+    p.add_argument("--partial", action="store_true", help="include unfinished runs (last epoch, marked *)")
+    p.add_argument("--basic", action="store_true", help="accuracy and time only (no params/memory/images/s)")
+    p.set_defaults(func=_report)
+
+    p = subparsers.add_parser(
+        "sweep", help="train a grid of model/training settings and tabulate it",
+        description="Train every combination of --grid values on top of the train flags, each in OUT/<point>/ "
+                    "(finished points are skipped, unfinished ones resumed); write OUT/sweep.md, sweep.csv "
+                    "and accuracy_vs_params.png.")
+    add_train_arguments(p)
+    p.add_argument("--grid", nargs="+", required=True, metavar="KEY=V1,V2",
+                   help="e.g. num_heads=1,4,8 kappa=0.1,0.2 upsilon=0.1,0.2 (model options or run fields)")
+    p.add_argument("--scale", choices=SCALES,
+                   help="fill in this scale's epochs/subset/width/recipe for the flags you leave unset")
+    p.add_argument("--out", default="runs/sweep", help="folder of the points and the summary (default runs/sweep)")
+    p.set_defaults(func=_sweep, sweep_parser=p)
+
+    p = subparsers.add_parser(
+        "attention-maps", help="draw a trained AA layer's attention weights over a test image",
+        description="Rebuild the model of RUN_DIR, load its newest checkpoint and draw a grid (heads x query "
+                    "pixels) of the attention weights of one attention-augmented layer over test image I.")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--layer", help="attention layer name (default: the highest-resolution one)")
+    p.add_argument("--image", type=int, default=0, help="index into the test set (default 0)")
+    p.add_argument("--pixels", nargs="+", type=_pixel, metavar="X,Y",
+                   help="query pixels as X,Y = column,row in the 32x32 image (default: a few spread out)")
+    p.add_argument("--out", help="PNG to write (default RUN_DIR/attention-<layer>-img<I>.png)")
+    p.add_argument("--data-dir", help="CIFAR location (default: the run's)")
+    p.set_defaults(func=_attention_maps)
