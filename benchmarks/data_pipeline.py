@@ -2,8 +2,13 @@
 
 Both pipelines do the same work per epoch: shuffle, random horizontal flip (p=0.5), zero-pad to 40×40,
 random 32×32 crop, ``uint8 → float32`` normalisation. The baseline does it image by image with torch ops
-in ``torch.utils.data.DataLoader`` workers (no torchvision); DeviceLoader does it in one batched gather per
-batch on the device. Both are measured in the same run, on the same data, after a short warm-up.
+in ``torch.utils.data.DataLoader`` workers (no torchvision); DeviceLoader does it with a few batched ops per
+batch on the device (one row copy for shuffle+flip+pad+crop, see ``aacn.data.augment``). Both are measured
+in the same run, on the same data, after a short warm-up, with timed epochs interleaved (median reported):
+other processes competing for the CPU then hit all pipelines alike.
+
+With several intra-op threads on a CPU that other processes keep busy, OpenMP's spin-waiting can make the
+multi-threaded rows much slower than the 1-thread row; ``OMP_WAIT_POLICY=PASSIVE`` avoids that.
 
     python benchmarks/data_pipeline.py                      # 50k synthetic CIFAR-size images
     python benchmarks/data_pipeline.py --data-dir /tmp/cifar --num-workers 2 4
@@ -12,9 +17,11 @@ batch on the device. Both are measured in the same run, on the same data, after 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
+import statistics
 import time
 from pathlib import Path
 
@@ -53,22 +60,37 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_batches(make_iter, epochs: int, warmup: int, device: torch.device) -> tuple[float, int, float]:
-    """Iterate ``epochs`` epochs (the first ``warmup`` batches of the first one untimed); returns
-    (images/s, images timed, seconds)."""
-    images, seconds = 0, 0.0
-    for epoch in range(epochs):
-        it = iter(make_iter(epoch))
-        if epoch == 0:
-            for _ in range(warmup):
-                next(it)
-        _sync(device)
-        t0 = time.perf_counter()
-        for x, _ in it:
-            images += x.shape[0]
-        _sync(device)
-        seconds += time.perf_counter() - t0
-    return images / seconds, images, seconds
+class Pipeline:
+    """One configuration to time: ``epoch(e)`` returns an iterable of ``(images, labels)`` batches."""
+
+    def __init__(self, name: str, epoch, device: torch.device, threads: int | None = None):
+        self.name, self.epoch, self.device, self.threads = name, epoch, device, threads
+        self.samples: list[float] = []  # images/s of each timed epoch
+
+    def warm_up(self, batches: int) -> None:
+        with self._threads():
+            for i, _ in enumerate(self.epoch(-1)):
+                if i + 1 >= batches:
+                    break
+
+    def time_epoch(self, e: int) -> None:
+        with self._threads():
+            _sync(self.device)
+            t0, n = time.perf_counter(), 0
+            for x, _ in self.epoch(e):
+                n += x.shape[0]
+            _sync(self.device)
+            self.samples.append(n / (time.perf_counter() - t0))
+
+    @contextlib.contextmanager
+    def _threads(self):
+        saved = torch.get_num_threads()
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(saved)
 
 
 def _loadavg() -> list[float] | None:
@@ -94,9 +116,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--num-workers", type=int, nargs="+", default=[2], help="DataLoader worker counts to try")
     p.add_argument("--device", default="cpu", help="device of the DeviceLoader (cpu, cuda, mps)")
     p.add_argument("--normalize", default="seed", choices=["seed", "standard"])
-    p.add_argument("--epochs", type=int, default=2, help="timed epochs of the DeviceLoader")
-    p.add_argument("--baseline-epochs", type=int, default=1, help="timed epochs of each DataLoader baseline")
-    p.add_argument("--warmup", type=int, default=5, help="untimed batches at the start")
+    p.add_argument("--repeats", type=int, default=3, help="timed epochs per pipeline (interleaved; median)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed batches per pipeline first")
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2],
                    help="torch intra-op thread counts to time the DeviceLoader with (the DataLoader workers "
                         "always use one thread each)")
@@ -113,39 +134,41 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"data: {source}, {len(split)} images; batch {args.batch_size}; device {device}; "
           f"torch {torch.__version__}; {os.cpu_count()} CPUs; load average {_loadavg()}")
 
-    rows = []
+    pipelines = []
     for w in args.num_workers:
         ds = PerImageCifar(split.images, split.labels, norm.mean, norm.std)
         dl = DataLoader(ds, batch_size=args.batch_size, shuffle=True, drop_last=True, num_workers=w,
                         persistent_workers=w > 0, generator=torch.Generator().manual_seed(0))
-        ips, n, s = time_batches(lambda _e, dl=dl: dl, args.baseline_epochs, args.warmup, torch.device("cpu"))
-        rows.append({"pipeline": f"DataLoader per-image, {w} workers", "images_per_s": ips, "images": n,
-                     "seconds": s})
-        del dl
-    default_threads = torch.get_num_threads()
+        name = f"DataLoader per-image, {w} workers"
+        pipelines.append(Pipeline(name, lambda _e, dl=dl: dl, torch.device("cpu")))
     for threads in args.threads:
-        torch.set_num_threads(threads)
         for augment in (True, False):
             loader = DeviceLoader(split, args.batch_size, device=device, normalizer=norm, train=True,
                                   augment=augment)
-            ips, n, s = time_batches(loader.batches, args.epochs, args.warmup, device)
-            rows.append({"pipeline": f"DeviceLoader ({device.type}, {threads} thread{'s' * (threads > 1)}), "
-                                     f"augment {'on' if augment else 'off'}",
-                         "images_per_s": ips, "images": n, "seconds": s, "threads": threads})
-            del loader
-    torch.set_num_threads(default_threads)
+            name = f"DeviceLoader ({device.type}, {threads} thread{'s' * (threads > 1)}), augment " + (
+                "on" if augment else "off")
+            pipelines.append(Pipeline(name, loader.batches, device, threads))
+    for pl in pipelines:
+        pl.warm_up(args.warmup)
+    for r in range(args.repeats):  # interleaved, so that load from other processes hits all pipelines alike
+        for pl in pipelines:
+            pl.time_epoch(r)
 
+    rows = [{"pipeline": pl.name, "threads": pl.threads, "images_per_s": statistics.median(pl.samples),
+             "images_per_s_each": pl.samples} for pl in pipelines]
     base = rows[0]["images_per_s"]
     for r in rows:
         r["ratio_vs_first"] = r["images_per_s"] / base
     width = max(len(r["pipeline"]) for r in rows)
-    print(f"\n| {'pipeline':<{width}} | images/s | ratio vs {rows[0]['pipeline']} |")
+    print(f"\nmedian of {args.repeats} interleaved epochs each; ratio = images/s / images/s of the first row\n")
+    print(f"| {'pipeline':<{width}} | images/s | ratio |")
     print(f"|{'-' * (width + 2)}|---------:|------:|")
     for r in rows:
         print(f"| {r['pipeline']:<{width}} | {r['images_per_s']:8.0f} | {r['ratio_vs_first']:5.1f}x |")
 
     result = {"benchmark": "data_pipeline", "source": source, "num_images": len(split), "device": str(device),
-              "batch_size": args.batch_size, "normalize": args.normalize, "torch": torch.__version__,
+              "batch_size": args.batch_size, "normalize": args.normalize, "repeats": args.repeats,
+              "torch": torch.__version__,
               "cpus": os.cpu_count(), "load_average_before": load_before, "load_average_after": _loadavg(),
               "machine": platform.platform(),
               "rows": rows}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from aacn.data.augment import NORMALIZE_MODES, Normalizer, random_crop_flip
+from aacn.data.augment import NORMALIZE_MODES, Normalizer, mirror_pad, random_crop_flip, take_crops
 from aacn.data.cifar import Split
 from aacn.data.loader import DeviceLoader, epoch_plan
 from aacn.errors import UserError
@@ -55,6 +55,8 @@ def test_crop_and_flip_really_move_pixels() -> None:
     assert torch.equal(corner[1, :, :28, :28], x[1, :, 4:, 4:])  # shifted up-left by 4
     assert (corner[1, :, 28:, :] == 0).all() and (corner[1, :, :, 28:] == 0).all()
     assert not torch.equal(corner, x)
+    with pytest.raises(ValueError, match="contiguous source"):
+        take_crops(mirror_pad(x).transpose(2, 3), torch.zeros(2, dtype=torch.int64), 32, 32)
 
 
 @pytest.mark.parametrize("mode", NORMALIZE_MODES)
@@ -80,6 +82,8 @@ def test_normalizer_statistics(mode: str) -> None:
     assert out.dtype == torch.float32 and out.shape == (10, 3, 32, 32)
     torch.testing.assert_close(out.double(), ref[:10], rtol=0, atol=1e-5)
     assert {k for k, _ in norm.named_buffers()} >= {"mean", "std"}
+    cl = norm(x[:10].contiguous(memory_format=torch.channels_last))
+    assert cl.is_contiguous(memory_format=torch.channels_last) and torch.equal(cl, out)
     with pytest.raises(ValueError, match="unknown normalisation mode 'zca'.*seed, standard"):
         Normalizer("zca", x)
 

@@ -1,7 +1,7 @@
 """aacn.data: CIFAR-10/100 download, verification and split; batched on-device augmentation and loading.
 
 * :mod:`aacn.data.cifar` — ``load_cifar`` (download + MD5 + safe extraction, 45k/5k/10k split),
-* :mod:`aacn.data.augment` — ``random_crop_flip`` (one batched gather) and ``Normalizer``,
+* :mod:`aacn.data.augment` — ``random_crop_flip`` (batched, no per-image loop) and ``Normalizer``,
 * :mod:`aacn.data.loader` — ``DeviceLoader`` (whole split on the device, deterministic per-epoch plans).
 """
 
