@@ -1,0 +1,113 @@
+"""aacn reproduce: the presets' rows, and the skip/resume/report orchestration (with a stand-in trainer)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from test_report import write_run
+
+import aacn.train
+from aacn.cli import main
+from aacn.data import NUM_CLASSES
+from aacn.experiments.presets import SCALES, TABLES, preset, run_slug, scale_settings
+from aacn.experiments.reproduce import reproduce
+from aacn.models import create_model
+from aacn.train.records import RunDir
+
+TABLE1 = ["ResNet-34", "ResNet-34 (no aug)", "WRN-28-10", "WRN-28-10 (no aug)"]
+TABLE2 = ["ResNet-34", "AA-ResNet-34", "WRN-28-10", "AA-WRN-28-10", "AA-NRE-WRN-28-10"]
+
+
+def test_rows_and_seed_major_order():
+    runs = preset("table1", "full", seeds=2)
+    assert [label for label, _ in runs] == TABLE1 * 2
+    assert [cfg.seed for _, cfg in runs] == [0] * 4 + [1] * 4
+    assert [cfg.augment for _, cfg in runs[:4]] == [True, False, True, False]
+    assert [label for label, _ in preset("table2", "smoke")] == TABLE2
+    assert [label for label, _ in preset("paper-cifar100", "smoke")] == ["WRN-28-10", "AA-WRN-28-10"]
+    assert len({run_slug(label, cfg.seed) for label, cfg in runs}) == 8
+
+
+def test_full_scale_is_the_replications_protocol():
+    by_model = {cfg.model: cfg for _, cfg in preset("table1", "full")}
+    assert (by_model["resnet34"].epochs, by_model["resnet34"].recipe) == (220, "seed-adam")
+    assert (by_model["wrn-28-10"].epochs, by_model["wrn-28-10"].recipe) == (60, "wrn-sgd")
+    assert all(cfg.subset is None and "base_width" not in cfg.model_kwargs and cfg.normalize == "seed"
+               for cfg in by_model.values())
+    c100 = preset("paper-cifar100", "full")
+    assert all(cfg.dataset == "cifar100" and cfg.epochs == 200 and cfg.recipe == "wrn-sgd" for _, cfg in c100)
+    assert c100[1][1].model_kwargs == {"attention": "paper", "relative": True}
+
+
+@pytest.mark.parametrize("placement", ["seed", "paper"])
+def test_table2_placement_and_no_relative_row(placement):
+    kwargs = [cfg.model_kwargs for _, cfg in preset("table2", "full", placement=placement)]
+    assert [k.get("attention", "none") for k in kwargs] == ["none", placement, "none", placement, placement]
+    assert [k.get("relative") for k in kwargs] == [None, True, None, True, False]
+    assert all(cfg.augment for _, cfg in preset("table2", "full", placement=placement))
+
+
+@pytest.mark.parametrize("table", TABLES)
+@pytest.mark.parametrize("scale", SCALES)
+def test_every_preset_run_is_valid(table, scale):
+    for _, cfg in preset(table, scale, placement="paper", device="cpu"):
+        cfg.validate()
+        with torch.device("meta"):
+            create_model(cfg.model, NUM_CLASSES[cfg.dataset], **cfg.model_kwargs)
+        assert cfg.device == "cpu"
+        if scale == "smoke":
+            assert cfg.subset and cfg.model_kwargs["base_width"] < 16
+        if scale == "fast":
+            assert cfg.recipe == "fast"
+
+
+def test_bad_preset_arguments():
+    with pytest.raises(ValueError, match="unknown table"):
+        preset("table3")
+    with pytest.raises(ValueError, match="unknown scale"):
+        scale_settings("resnet34", "huge")
+    with pytest.raises(ValueError, match="unknown RunConfig field"):
+        preset("table1", epochz=3)
+
+
+def _fake_trainer(calls):
+    def fake_run(config, *, resume=False, overwrite=False):
+        calls.append((Path(config.out).name, resume))
+        fields = {k: v for k, v in config.to_dict().items() if k not in ("out", "epochs")}
+        write_run(Path(config.out), epochs=config.epochs, test_acc=60.0 + config.seed, **fields)
+        return RunDir(config.out).read_results()
+    return fake_run
+
+
+def test_reproduce_skips_finished_resumes_started_and_reports(tmp_path, monkeypatch, capsys):
+    calls: list[tuple[str, bool]] = []
+    monkeypatch.setattr(aacn.train, "run", _fake_trainer(calls))
+    out = tmp_path / "t1"
+    result = reproduce("table1", scale="smoke", seeds=2, out=out, log=lambda *a: None)
+    assert len(calls) == 8 and not any(resume for _, resume in calls)
+    assert [r.label for r in result.rows] == TABLE1 and all(len(r.runs) == 2 for r in result.rows)
+    assert "60.50 ± 0.71" in (out / "report.md").read_text()  # seeds 0 and 1 -> 60 and 61
+
+    (out / "wrn-28-10-seed1" / "results.json").unlink()  # as if it was interrupted
+    calls.clear()
+    reproduce("table1", scale="smoke", seeds=2, out=out, log=lambda *a: None)
+    assert calls == [("wrn-28-10-seed1", True)]
+
+    calls.clear()
+    assert main(["reproduce", "table1", "--seeds", "2", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert calls == [] and "| ResNet-34 (no aug)" in printed and str(out / "report.md") in printed
+
+
+def test_cli_bad_input_exits_2(tmp_path, capsys):
+    assert main(["reproduce", "table1", "--placement", "paper", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--placement applies to table2 only" in err[0]
+    for argv in (["reproduce", "table9"], ["reproduce", "table1", "--scale", "huge"],
+                 ["reproduce", "table1", "--seeds", "0"]):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 2
+        assert len(capsys.readouterr().err.strip().splitlines()) == 1

@@ -1,0 +1,113 @@
+"""aacn sweep: grid parsing and validation, and a real two-point sweep that resumes after a crash."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import pytest
+
+import aacn.train
+from aacn.cli import main
+from aacn.config import RunConfig
+from aacn.errors import UserError
+from aacn.experiments.sweep import check_points, grid_points, parse_grid, sweep
+from aacn.train.records import RunDir
+
+
+def test_parse_grid_types_and_order():
+    grid = parse_grid(["num-heads=1,4", "kappa=0.1,0.2", "relative=true,false", "lr=none,0.05", "recipe=fast"])
+    assert grid == {"num_heads": [1, 4], "kappa": [0.1, 0.2], "relative": [True, False], "lr": [None, 0.05],
+                    "recipe": ["fast"]}
+
+
+@pytest.mark.parametrize("items, words", [
+    (["heads=1,2"], ["'heads'", "num_heads"]),
+    (["num_heads=1,x"], ["num_heads", "'x'", "int"]),
+    (["kappa"], ["'kappa'", "KEY=V1,V2"]),
+    (["relative=maybe"], ["relative", "'maybe'"]),
+    (["kappa=0.1", "kappa=0.2"], ["twice"]),
+    (["num_heads=2,2"], ["repeat"]),
+    ([], ["at least one"]),
+])
+def test_parse_grid_errors_name_the_problem(items, words):
+    with pytest.raises(UserError) as err:
+        parse_grid(items)
+    assert all(w in str(err.value) for w in words), str(err.value)
+
+
+def test_points_are_the_product_with_their_own_folders(tmp_path):
+    base = RunConfig(model="wrn-10-1", model_kwargs={"attention": "seed", "base_width": 4})
+    points = grid_points(base, parse_grid(["num_heads=1,2", "epochs=1,2,3"]), tmp_path)
+    assert len(points) == 6
+    assert len({p.out for p in points}) == 6
+    assert points[1].out == str(tmp_path / "num_heads-1_epochs-2")
+    assert points[1].epochs == 2 and points[1].model_kwargs == {"attention": "seed", "base_width": 4, "num_heads": 1}
+    assert base.model_kwargs == {"attention": "seed", "base_width": 4}  # base untouched
+
+
+def test_bad_values_fail_before_any_training(tmp_path, monkeypatch):
+    monkeypatch.setattr(aacn.train, "run", lambda *a, **k: pytest.fail("trained despite a bad grid"))
+    base = RunConfig(model="wrn-10-1", model_kwargs={"attention": "seed", "base_width": 4})
+    with pytest.raises(UserError, match=r"kappa-1.5.*kappa must be a number in \(0, 1\]"):
+        sweep(base, parse_grid(["kappa=0.2,1.5"]), tmp_path)
+    with pytest.raises(UserError, match="num_heads=32 is larger than out_channels"):
+        check_points(grid_points(base, {"num_heads": [32]}, tmp_path))
+
+
+def test_cli_bad_grid_exits_2_with_one_line(tmp_path, capsys):
+    assert main(["sweep", "--model", "wrn-10-1", "--grid", "nonsense=1", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nonsense" in err[0] and "num_heads" in err[0]
+
+
+def test_two_point_sweep_resumes_after_a_crash(tmp_path, tiny_cifar10, monkeypatch, capsys):
+    """Point 2 crashes once between its epochs; the rerun skips point 1 and resumes point 2."""
+    base = RunConfig(model="wrn-10-1", epochs=2, batch_size=50, subset=100, val_size=50, recipe="paper-sgd",
+                     data_dir=str(tiny_cifar10), device="cpu", progress=False, eval_batch_size=200,
+                     model_kwargs={"base_width": 4, "attention": "seed", "min_key_depth_per_head": 2})
+    grid = parse_grid(["num_heads=1,2"])
+    out = tmp_path / "sweep"
+    second = out / "num_heads-2"
+
+    calls: list[tuple[str, bool]] = []
+    real_run = aacn.train.run
+
+    def recording_run(config, *, resume=False, overwrite=False):
+        calls.append((config.out, resume))
+        return real_run(config, resume=resume, overwrite=overwrite)
+
+    real_save = RunDir.save_checkpoint
+    crashed = []
+
+    def crash_once(self, state, epoch, *args, **kwargs):
+        if self.path == second and epoch == 2 and not crashed:
+            crashed.append(epoch)
+            raise RuntimeError("simulated crash")
+        return real_save(self, state, epoch, *args, **kwargs)
+
+    monkeypatch.setattr(aacn.train, "run", recording_run)
+    monkeypatch.setattr(RunDir, "save_checkpoint", crash_once)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        sweep(base, grid, out)
+    assert RunDir(out / "num_heads-1").is_finished()
+    assert not RunDir(second).is_finished() and RunDir(second).checkpoints()
+    first_epoch = RunDir(second).read_metrics()
+    assert [r["epoch"] for r in first_epoch] == [1]
+
+    calls.clear()
+    result = sweep(base, grid, out)
+    assert calls == [(str(second), True)]  # point 1 skipped, point 2 resumed
+    metrics = RunDir(second).read_metrics()
+    assert [r["epoch"] for r in metrics] == [1, 2] and metrics[0] == first_epoch[0]
+
+    assert [r.label for r in result.rows] == ["num_heads=1", "num_heads=2"]
+    rows = list(csv.DictReader(io.StringIO((out / "sweep.csv").read_text())))
+    assert [r["num_heads"] for r in rows] == ["1", "2"]
+    assert all(r["partial"] == "0" and r["test_acc_mean"] for r in rows)
+    assert "| num_heads=2" in (out / "sweep.md").read_text()
+    assert (out / "accuracy_vs_params.png").read_bytes()[:4] == b"\x89PNG"
+
+    calls.clear()
+    sweep(base, grid, out)  # everything finished: nothing trains
+    assert calls == []
