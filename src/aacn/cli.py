@@ -152,11 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--overwrite", action="store_true", help="discard whatever --out holds and start over")
     train.set_defaults(func=_train)
 
-    try:  # TEMP until experiments.commands lands
-        from aacn.experiments import commands
-        commands.register(sub)
-    except ImportError:
-        pass
+    from aacn.experiments import commands
+
+    commands.register(sub)
     return parser
 
 
