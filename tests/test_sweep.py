@@ -111,3 +111,25 @@ def test_two_point_sweep_resumes_after_a_crash(tmp_path, tiny_cifar10, monkeypat
     calls.clear()
     sweep(base, grid, out)  # everything finished: nothing trains
     assert calls == []
+
+
+def test_cli_scale_fills_only_flags_left_at_their_defaults(tmp_path, monkeypatch, capsys):
+    import aacn.experiments.sweep as sweep_module
+    from aacn.experiments.presets import SMOKE
+    from aacn.experiments.report import ReportResult
+
+    seen = {}
+
+    def fake_sweep(base, grid, out, **kwargs):
+        seen.update(base=base, grid=grid, out=out)
+        return ReportResult("table", [], [])
+
+    monkeypatch.setattr(sweep_module, "sweep", fake_sweep)
+    argv = ["sweep", "--model", "wrn-28-10", "--attention", "seed", "--epochs", "7", "--scale", "smoke",
+            "--grid", "kappa=0.1,0.2", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    base = seen["base"]
+    assert base.epochs == 7  # given explicitly: kept
+    assert base.subset == SMOKE["subset"] and base.model_kwargs["base_width"] == SMOKE["base_width"]["wrn-28-10"]
+    assert base.model_kwargs["num_heads"] == SMOKE["attention"]["num_heads"]
+    assert seen["grid"] == {"kappa": [0.1, 0.2]} and seen["out"] == str(tmp_path)

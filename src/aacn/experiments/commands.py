@@ -7,7 +7,6 @@ can make raise :class:`aacn.errors.UserError`, which the CLI prints as one line 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from aacn.errors import UserError
 
@@ -50,10 +49,8 @@ def _sweep(args: argparse.Namespace) -> int:
         for name, value in {**run_fields, **model_kwargs}.items():
             if getattr(args, name, None) == parser.get_default(name):
                 setattr(args, name, value)
-    out = args.out
-    args.out = str(Path(out) / "_base")  # config_from_args needs some out; every point gets its own
-    base = config_from_args(args)
-    result = sweep(base, grid, out)
+    base = config_from_args(args)  # its out is the sweep's folder; every point gets a subfolder
+    result = sweep(base, grid, args.out)
     print()
     print(result.markdown)
     print(f"\nsummary: {', '.join(str(p) for p in result.files)}")

@@ -239,7 +239,7 @@ def _fmt_time(s: Stat) -> str:
     if s.mean is None:
         return "—"
     unit, div = ("s", 1.0) if s.mean < 120 else ("min", 60.0) if s.mean < 7200 else ("h", 3600.0)
-    digits = 0 if unit == "s" else 1
+    digits = 0 if unit == "s" and s.mean >= 10 else 1
     text = f"{s.mean / div:.{digits}f}"
     if s.std is not None:
         text += f" ± {s.std / div:.{digits}f}"
@@ -247,7 +247,9 @@ def _fmt_time(s: Stat) -> str:
 
 
 def format_params(s: Stat) -> str:
-    return "—" if s.mean is None else f"{s.mean / 1e6:.2f}M"
+    if s.mean is None:
+        return "—"
+    return f"{s.mean / 1e6:.2f}M" if s.mean >= 1e6 else f"{s.mean / 1e3:.1f}k"
 
 
 def _fmt_mem(s: Stat) -> str:
