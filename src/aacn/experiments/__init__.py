@@ -1,1 +1,13 @@
-"""aacn.experiments."""
+"""aacn.experiments: the study on top of single runs.
+
+* :mod:`aacn.experiments.presets` — the runs of Table 1, Table 2 and the paper's CIFAR-100 protocol at the
+  ``smoke`` / ``fast`` / ``full`` scales (pure functions returning ``(label, RunConfig)`` pairs);
+* :mod:`aacn.experiments.reproduce` — ``aacn reproduce``: train them one by one (skip finished, resume
+  started), then report;
+* :mod:`aacn.experiments.report` — ``aacn report``: markdown / CSV tables (mean ± std over seeds) and learning
+  curves, read from run directories only;
+* :mod:`aacn.experiments.sweep` — ``aacn sweep``: a grid over model options and training fields;
+* :mod:`aacn.experiments.commands` — the CLI verbs above (and ``attention-maps``).
+
+Submodules are imported on use, so ``import aacn.experiments`` stays cheap.
+"""
