@@ -124,7 +124,8 @@ class Normalizer(torch.nn.Module):
         train_images_u8: the training split, uint8 ``(N, 3, H, W)``; statistics are computed once here.
 
     Buffers ``mean`` and ``std`` (``(3, H, W)`` / ``(1, 1, 1)`` for ``"seed"``, ``(3, 1, 1)`` for
-    ``"standard"``) define ``forward(x) = (x / 255 - mean) / std``, computed as ``x * scale + shift``.
+    ``"standard"``) define ``forward(x) = (x / 255 - mean) / std``, computed as ``x * scale + shift`` with
+    ``scale``/``shift`` buffers of the full ``(3, H, W)`` shape.
     """
 
     def __init__(self, mode: str, train_images_u8: Tensor) -> None:
@@ -148,8 +149,10 @@ class Normalizer(torch.nn.Module):
             std = var.clamp_min(1e-12).sqrt()
         self.register_buffer("mean", mean.float())
         self.register_buffer("std", std.float())
-        self.register_buffer("scale", (1.0 / (255.0 * std)).float())
-        self.register_buffer("shift", (-mean / std).float())
+        # Full (C, H, W) tensors: broadcasting (3, 1, 1) ones in addcmul is ~2x slower on CPU.
+        shape = train_images_u8.shape[1:]
+        self.register_buffer("scale", (1.0 / (255.0 * std)).expand(shape).float().contiguous())
+        self.register_buffer("shift", (-mean / std).expand(shape).float().contiguous())
 
     def forward(self, images_u8: Tensor) -> Tensor:
         """``(B, C, H, W)`` images (uint8 0..255) → float32 ``(x / 255 - mean) / std``, memory format kept."""
