@@ -34,6 +34,8 @@ def _run(fn, tensors):
 def _impl_fn(impl):
     if impl == "chunked-small":  # several blocks of queries with checkpointing
         return lambda q, k, v, rh, rw: RA.chunked_attention(q, k, v, rh, rw, q.shape[-1] ** -0.5, 37)
+    if impl == "sdpa-chunks":  # CPU path that recomputes the fused kernel per chunk of (batch, head) pairs
+        return lambda q, k, v, rh, rw: RA.sdpa_attention(q, k, v, rh, rw, q.shape[-1] ** -0.5, 1)
     return lambda q, k, v, rh, rw: AF.relative_attention_2d(q, k, v, rh, rw, impl=impl)
 
 
@@ -55,7 +57,7 @@ def _loop_attention(q, k, v, rel_h, rel_w, scale):
     return out
 
 
-@pytest.mark.parametrize("impl", FAST_IMPLS + ["chunked-small", "auto"])
+@pytest.mark.parametrize("impl", FAST_IMPLS + ["chunked-small", "sdpa-chunks", "auto"])
 @pytest.mark.parametrize("size", SIZES)
 def test_float64_matches_reference(impl, size):
     tensors, seed = _inputs(*size)
@@ -77,7 +79,7 @@ def test_float32_matches_reference(impl, size):
         assert rel <= 1e-5, f"{impl} {size} {name}: relative error {rel} (seed {seed})"
 
 
-@pytest.mark.parametrize("impl", ["reference", "sdpa", "chunked-small"])
+@pytest.mark.parametrize("impl", ["reference", "sdpa", "sdpa-chunks", "chunked-small"])
 def test_gradcheck(impl):
     tensors, _ = _inputs(2, 3, b=1, nh=2, dkh=2, dvh=3)
     assert torch.autograd.gradcheck(_impl_fn(impl), tuple(tensors))
@@ -137,10 +139,13 @@ def test_sdpa_uses_a_fused_kernel_forward_and_backward():
 
 
 def test_auto_choice():
-    q = torch.zeros(1, 1, 2, 2, 3)
-    assert AF.resolve_impl("auto", q) == "sdpa"
-    assert AF.resolve_impl("auto", q.to(torch.int32)) == "chunked"
-    assert AF.resolve_impl("reference", q) == "reference"
+    small, large = torch.zeros(32, 8, 8, 8, 1), torch.zeros(32, 8, 16, 16, 1)
+    assert AF.resolve_impl("auto", small) == "chunked"  # one block of plain attention on CPU
+    assert AF.resolve_impl("auto", large) == "sdpa"
+    assert AF.resolve_impl("auto", large.to(torch.int32)) == "chunked"  # no fused kernel for the dtype
+    assert AF.resolve_impl("reference", large) == "reference"
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert AF.resolve_impl("auto", large) == "sdpa"
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

@@ -17,11 +17,18 @@ A ``None`` table drops its term. Implementations (``impl``):
 * ``"reference"`` -- the paper's appendix algorithm; materialises ``(HW)^2`` logits. Ground truth for tests.
 * ``"sdpa"`` -- folds the relative terms into ``H + W`` extra query/key columns and calls a fused
   ``F.scaled_dot_product_attention`` kernel (flash on CPU; flash / memory-efficient / cuDNN on CUDA); the
-  math backend is disabled, so no ``(HW)^2`` tensor is built. Memory ``O(B*Nh*HW*(dkh+H+W))``.
+  math backend is disabled, so no ``(HW)^2`` tensor is built. Memory ``O(B*Nh*HW*(dkh+H+W))`` (CUDA) or
+  bounded per chunk (CPU, see below).
 * ``"chunked"`` -- pure PyTorch, any device and dtype: blocks of queries, recomputed in backward.
 * ``"auto"`` -- ``"sdpa"`` where a fused kernel exists (CPU: float16/bfloat16/float32/float64; CUDA:
-  float16/bfloat16/float32), otherwise ``"chunked"``. (FlexAttention is not used: it has no CPU backward and
-  needs ``torch.compile`` to be memory-efficient; the folded SDPA call already avoids ``(HW)^2``.)
+  float16/bfloat16/float32), otherwise ``"chunked"``; on CPU also ``"chunked"`` when all ``B*Nh*(HW)^2``
+  logits fit in one block (:data:`~aacn.nn.relative_attention.CHUNK_ELEMENTS`, e.g. 8x8 grids at B=32,
+  Nh=8), where plain attention is faster than the folded kernel and its memory is bounded anyway.
+
+FlexAttention is not used: it has no CPU backward and needs ``torch.compile`` to be memory-efficient, and the
+folded SDPA call already avoids ``(HW)^2`` on CUDA too (flash / memory-efficient kernels).
+On CPU, ``"sdpa"`` recomputes the kernel in backward over chunks of (batch x head) pairs: the folded tensors
+are ``(dkh + H + W) / dkh`` times larger than q and would otherwise dominate the layer's memory.
 
 Every implementation is exact (equal up to floating-point rounding), differentiable in ``q, k, v, rel_h,
 rel_w``, and keeps softmax statistics in float32 under bf16/fp16 autocast.
@@ -35,6 +42,7 @@ import torch
 from torch import Tensor
 
 from aacn.nn.relative_attention import (
+    CHUNK_ELEMENTS,
     block_logits,
     chunked_attention,
     compute_dtype,
@@ -83,8 +91,12 @@ def resolve_impl(impl: str, q: Tensor) -> str:
         raise ValueError(f"impl: expected one of {', '.join(map(repr, IMPLS))}, got {impl!r}")
     if impl != "auto":
         return impl
-    dtype = compute_dtype(q)
-    return "sdpa" if dtype in _SDPA_DTYPES.get(q.device.type, ()) else "chunked"
+    if compute_dtype(q) not in _SDPA_DTYPES.get(q.device.type, ()):
+        return "chunked"
+    b, nh, h, w, _ = q.shape
+    if q.device.type == "cpu" and b * nh * (h * w) ** 2 <= CHUNK_ELEMENTS:
+        return "chunked"  # small grid: one block of plain attention beats the folded kernel on CPU
+    return "sdpa"
 
 
 def relative_attention_2d(

@@ -34,6 +34,8 @@ _FUSED_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, S
 
 # Elements of one (B, Nh, block, HW) logits tensor in chunked_attention (16 MiB in float32).
 CHUNK_ELEMENTS = 1 << 22
+# Elements of one chunk's folded (pairs, HW, dkh + H + W) tensor in sdpa_attention on CPU (16 MiB in float32).
+SDPA_CHUNK_ELEMENTS = 1 << 22
 
 
 def rel_index(n: int, device: torch.device | None = None) -> Tensor:
@@ -116,14 +118,8 @@ def fold_relative(q: Tensor, k: Tensor, rel_h: Tensor | None, rel_w: Tensor | No
     return torch.cat(q_parts, dim=-1), torch.cat(k_parts, dim=-1)
 
 
-def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, rel_h: Tensor | None, rel_w: Tensor | None, scale: float) -> Tensor:
-    """Exact attention through a fused ``F.scaled_dot_product_attention`` kernel (never the math backend).
-
-    Query/key/value head sizes are padded with zeros to one common size (the CPU flash kernel needs it; on
-    CUDA it is rounded up to a multiple of 8 so the flash kernel applies for fp16/bf16). Zero columns change
-    neither the logits nor the output. Raises ``RuntimeError`` from PyTorch if no fused kernel supports the
-    device/dtype (e.g. float64 on CUDA); ``impl="auto"`` avoids those cases.
-    """
+def _sdpa_fused(q: Tensor, k: Tensor, v: Tensor, rel_h: Tensor | None, rel_w: Tensor | None, scale: float) -> Tensor:
+    """One fused SDPA call on the folded, zero-padded heads; returns (B, Nh, H, W, dvh)."""
     b, nh, h, w, dvh = v.shape
     n = h * w
     qe, ke = fold_relative(q, k, rel_h, rel_w)
@@ -136,6 +132,49 @@ def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, rel_h: Tensor | None, rel_w:
     with sdpa_kernel(_FUSED_BACKENDS):
         out = F.scaled_dot_product_attention(qe, ke, ve, scale=scale)
     return out[..., :dvh].reshape(b, nh, h, w, dvh)
+
+
+def _sdpa_chunk(q: Tensor, k: Tensor, v: Tensor, rel_h: Tensor | None, rel_w: Tensor | None, scale: float) -> Tensor:
+    # A compact copy, so the zero-padded kernel output is freed at once instead of kept alive by the view.
+    return _sdpa_fused(q, k, v, rel_h, rel_w, scale).contiguous()
+
+
+def sdpa_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    rel_h: Tensor | None,
+    rel_w: Tensor | None,
+    scale: float,
+    chunk_elements: int | None = None,
+) -> Tensor:
+    """Exact attention through a fused ``F.scaled_dot_product_attention`` kernel (never the math backend).
+
+    Query/key/value head sizes are padded with zeros to one common size (the CPU flash kernel needs it; on
+    CUDA it is rounded up to a multiple of 8 so the flash kernel applies for fp16/bf16). Zero columns change
+    neither the logits nor the output. Raises ``RuntimeError`` from PyTorch if no fused kernel supports the
+    device/dtype (e.g. float64 on CUDA); ``impl="auto"`` avoids those cases.
+
+    On CPU, when gradients are needed, the (batch x head) pairs are processed in chunks of at most
+    ``chunk_elements`` (default :data:`SDPA_CHUNK_ELEMENTS`) folded-tensor elements, each recomputed in the
+    backward pass (activation checkpointing): the folded tensors are ``(dkh + H + W) / dkh`` times larger
+    than q, so keeping them all for backward would cost more memory than the rest of the layer. On CUDA the
+    fused kernels are run once over the whole batch (the forward recomputation would cost time, and the
+    memory is already ``O(HW)`` per head).
+    """
+    b, nh, h, w, dvh = v.shape
+    chunk_elements = SDPA_CHUNK_ELEMENTS if chunk_elements is None else chunk_elements
+    per_pair = h * w * max(q.shape[-1] + h + w, dvh)
+    pairs = max(1, chunk_elements // per_pair)
+    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, rel_h, rel_w))
+    if q.device.type != "cpu" or not grad or pairs >= b * nh:
+        return _sdpa_fused(q, k, v, rel_h, rel_w, scale)
+    flat = [t.reshape(b * nh, 1, h, w, t.shape[-1]) for t in (q, k, v)]
+    outs = [
+        checkpoint(_sdpa_chunk, *(t[i : i + pairs] for t in flat), rel_h, rel_w, scale, use_reentrant=False)
+        for i in range(0, b * nh, pairs)
+    ]
+    return torch.cat(outs, dim=0).reshape(b, nh, h, w, dvh)
 
 
 # ----------------------------------------------------------------------------------------------- chunked
