@@ -245,7 +245,11 @@ def prepare(name: str, data_dir: Path, *, download: bool = True, progress: bool 
         raise UserError(f"{archive} has MD5 {digest}, expected {spec.md5} (truncated or corrupt download); "
                         f"the bad file was deleted — re-run to download it again, or pass --data-dir with a "
                         f"folder holding the extracted {spec.folder}")
-    return extract_archive(archive, data_dir, spec)
+    try:
+        return extract_archive(archive, data_dir, spec)
+    except OSError as e:  # e.g. a read-only directory or a full disk while moving the files into place
+        raise UserError(f"cannot extract {archive} into {data_dir} ({e}); free some space or pass a writable "
+                        f"--data-dir") from None
 
 
 # ----------------------------------------------------------------------------------------------- loading
