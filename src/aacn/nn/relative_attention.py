@@ -29,19 +29,15 @@ from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 
+from aacn.nn.flash_cpu import FoldedFlashAttentionCPU, rel_index
+
 # Fused SDPA backends only: the "math" backend would materialise (HW)^2 and is never allowed here.
 _FUSED_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION]
 
 # Elements of one (B, Nh, block, HW) logits tensor in chunked_attention (16 MiB in float32).
 CHUNK_ELEMENTS = 1 << 22
-# Elements of one chunk's folded (pairs, HW, dkh + H + W) tensor in sdpa_attention on CPU (16 MiB in float32).
-SDPA_CHUNK_ELEMENTS = 1 << 22
-
-
-def rel_index(n: int, device: torch.device | None = None) -> Tensor:
-    """``(n, n)`` long tensor ``idx[i, j] = j - i + n - 1``: row of a ``(2n-1, d)`` table for query i, key j."""
-    pos = torch.arange(n, device=device)
-    return pos[None, :] - pos[:, None] + (n - 1)
+# Elements of one chunk's folded (pairs, HW, dkh + H + W) tensor in sdpa_attention on CPU (4 MiB in float32).
+SDPA_CHUNK_ELEMENTS = 1 << 20
 
 
 def softmax_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -76,7 +72,7 @@ def _relative_logits_1d(q: Tensor, rel: Tensor) -> Tensor:
     """Relative logits along the last grid axis of ``q`` (B, Nh, A, L, d) -> (B, Nh, A, L, A, L) tiled,
     indexed ``[a, l, a', l']`` = ``q[a, l] . rel[l' - l + L - 1]`` (independent of ``a'``)."""
     b, nh, a, length, _ = q.shape
-    logits = _rel_to_abs(torch.einsum("bnald,md->bnalm", q, rel))  # (B, Nh, A, L, L') [a, l, l']
+    logits = _rel_to_abs(torch.einsum("bnald,md->bnalm", q, rel.to(q.dtype)))  # (B, Nh, A, L, L') [a, l, l']
     return logits.unsqueeze(4).expand(b, nh, a, length, a, length)
 
 
@@ -106,37 +102,40 @@ def fold_relative(q: Tensor, k: Tensor, rel_h: Tensor | None, rel_w: Tensor | No
     b, nh, h, w, _ = q.shape
     q_parts, k_parts = [q], [k]
     if rel_h is not None:
-        table = rel_h[rel_index(h, q.device)]  # (H, H', d): [x, x'] -> r^H_(x'-x)
+        table = rel_h.to(q.dtype)[rel_index(h, q.device)]  # (H, H', d): [x, x'] -> r^H_(x'-x)
         q_parts.append(torch.einsum("bnxyd,xpd->bnxyp", q, table))
         onehot = torch.eye(h, device=k.device, dtype=k.dtype).view(h, 1, h).expand(b, nh, h, w, h)
         k_parts.append(onehot)
     if rel_w is not None:
-        table = rel_w[rel_index(w, q.device)]  # (W, W', d): [y, y'] -> r^W_(y'-y)
+        table = rel_w.to(q.dtype)[rel_index(w, q.device)]  # (W, W', d): [y, y'] -> r^W_(y'-y)
         q_parts.append(torch.einsum("bnxyd,yqd->bnxyq", q, table))
         onehot = torch.eye(w, device=k.device, dtype=k.dtype).view(1, w, w).expand(b, nh, h, w, w)
         k_parts.append(onehot)
     return torch.cat(q_parts, dim=-1), torch.cat(k_parts, dim=-1)
 
 
-def _sdpa_fused(q: Tensor, k: Tensor, v: Tensor, rel_h: Tensor | None, rel_w: Tensor | None, scale: float) -> Tensor:
-    """One fused SDPA call on the folded, zero-padded heads; returns (B, Nh, H, W, dvh)."""
-    b, nh, h, w, dvh = v.shape
-    n = h * w
+def _pad_depth(t: Tensor, depth: int, dtype: torch.dtype) -> Tensor:
+    """(B, Nh, H, W, d) -> contiguous (B, Nh, HW, depth) in ``dtype``, zero-padded (fused kernels need stride 1)."""
+    b, nh, h, w, d = t.shape
+    return F.pad(t.to(dtype), (0, depth - d)).contiguous().view(b, nh, h * w, depth)
+
+
+def _folded_heads(
+    q: Tensor, k: Tensor, v: Tensor, rel_h: Tensor | None, rel_w: Tensor | None, dtype: torch.dtype, depth: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Folded, zero-padded (B, Nh, HW, depth) query/key/value tensors in ``dtype`` for a fused kernel."""
     qe, ke = fold_relative(q, k, rel_h, rel_w)
-    dtype = compute_dtype(qe, ke, v)
-    depth = max(qe.shape[-1], dvh)
-    if q.device.type == "cuda":
-        depth = -(-depth // 8) * 8
-    # Fused kernels need stride 1 in the last dim: pad (a copy) or make contiguous.
-    qe, ke, ve = (F.pad(t.to(dtype), (0, depth - t.shape[-1])).contiguous().view(b, nh, n, depth) for t in (qe, ke, v))
+    return _pad_depth(qe, depth, dtype), _pad_depth(ke, depth, dtype), _pad_depth(v, depth, dtype)
+
+
+def _sdpa_fused(q: Tensor, k: Tensor, v: Tensor, rel_h: Tensor | None, rel_w: Tensor | None, scale: float) -> Tensor:
+    """One ``F.scaled_dot_product_attention`` call (fused backends only) on the folded heads."""
+    b, nh, h, w, dvh = v.shape
+    depth = -(-max(q.shape[-1] + h * (rel_h is not None) + w * (rel_w is not None), dvh) // 8) * 8
+    qe, ke, ve = _folded_heads(q, k, v, rel_h, rel_w, compute_dtype(q, k, v), depth)
     with sdpa_kernel(_FUSED_BACKENDS):
         out = F.scaled_dot_product_attention(qe, ke, ve, scale=scale)
     return out[..., :dvh].reshape(b, nh, h, w, dvh)
-
-
-def _sdpa_chunk(q: Tensor, k: Tensor, v: Tensor, rel_h: Tensor | None, rel_w: Tensor | None, scale: float) -> Tensor:
-    # A compact copy, so the zero-padded kernel output is freed at once instead of kept alive by the view.
-    return _sdpa_fused(q, k, v, rel_h, rel_w, scale).contiguous()
 
 
 def sdpa_attention(
@@ -148,33 +147,25 @@ def sdpa_attention(
     scale: float,
     chunk_elements: int | None = None,
 ) -> Tensor:
-    """Exact attention through a fused ``F.scaled_dot_product_attention`` kernel (never the math backend).
+    """Exact attention through a fused scaled-dot-product-attention kernel (never the math backend).
 
     Query/key/value head sizes are padded with zeros to one common size (the CPU flash kernel needs it; on
     CUDA it is rounded up to a multiple of 8 so the flash kernel applies for fp16/bf16). Zero columns change
-    neither the logits nor the output. Raises ``RuntimeError`` from PyTorch if no fused kernel supports the
-    device/dtype (e.g. float64 on CUDA); ``impl="auto"`` avoids those cases.
+    neither the logits nor the output. On CUDA this is one ``F.scaled_dot_product_attention`` call restricted
+    to the flash / memory-efficient / cuDNN backends; it raises ``RuntimeError`` where none supports the dtype
+    (e.g. float64), which ``impl="auto"`` avoids.
 
-    On CPU, when gradients are needed, the (batch x head) pairs are processed in chunks of at most
-    ``chunk_elements`` (default :data:`SDPA_CHUNK_ELEMENTS`) folded-tensor elements, each recomputed in the
-    backward pass (activation checkpointing): the folded tensors are ``(dkh + H + W) / dkh`` times larger
-    than q, so keeping them all for backward would cost more memory than the rest of the layer. On CUDA the
-    fused kernels are run once over the whole batch (the forward recomputation would cost time, and the
-    memory is already ``O(HW)`` per head).
+    On CPU the flash kernel runs over chunks of (batch x head) pairs with at most ``chunk_elements`` (default
+    :data:`SDPA_CHUNK_ELEMENTS`) elements per folded tensor, and only the compact output and log-sum-exp are
+    kept for backward (:class:`aacn.nn.flash_cpu.FoldedFlashAttentionCPU`): the folded tensors are
+    ``(dkh + H + W) / dkh`` times larger than q and would otherwise dominate the layer's memory.
     """
+    if q.device.type != "cpu":
+        return _sdpa_fused(q, k, v, rel_h, rel_w, scale)
     b, nh, h, w, dvh = v.shape
     chunk_elements = SDPA_CHUNK_ELEMENTS if chunk_elements is None else chunk_elements
-    per_pair = h * w * max(q.shape[-1] + h + w, dvh)
-    pairs = max(1, chunk_elements // per_pair)
-    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, rel_h, rel_w))
-    if q.device.type != "cpu" or not grad or pairs >= b * nh:
-        return _sdpa_fused(q, k, v, rel_h, rel_w, scale)
-    flat = [t.reshape(b * nh, 1, h, w, t.shape[-1]) for t in (q, k, v)]
-    outs = [
-        checkpoint(_sdpa_chunk, *(t[i : i + pairs] for t in flat), rel_h, rel_w, scale, use_reentrant=False)
-        for i in range(0, b * nh, pairs)
-    ]
-    return torch.cat(outs, dim=0).reshape(b, nh, h, w, dvh)
+    pairs = max(1, chunk_elements // (h * w * max(q.shape[-1] + h + w, dvh)))
+    return FoldedFlashAttentionCPU.apply(q, k, v, rel_h, rel_w, scale, pairs, compute_dtype(q, k, v))
 
 
 # ----------------------------------------------------------------------------------------------- chunked
@@ -194,10 +185,10 @@ def block_logits(
     b, nh, h, w, d = k.shape
     logits = torch.matmul(q_block, k.reshape(b, nh, h * w, d).transpose(-1, -2)).view(b, nh, -1, h, w)
     if rel_h is not None:  # (P, H', d): r^H_(x'-x) for each chosen query row x
-        table = rel_h[rel_index(h, q_block.device)[rows]]
+        table = rel_h.to(q_block.dtype)[rel_index(h, q_block.device)[rows]]
         logits = logits + torch.einsum("bnpd,pxd->bnpx", q_block, table)[..., :, None]
     if rel_w is not None:
-        table = rel_w[rel_index(w, q_block.device)[cols]]
+        table = rel_w.to(q_block.dtype)[rel_index(w, q_block.device)[cols]]
         logits = logits + torch.einsum("bnpd,pyd->bnpy", q_block, table)[..., None, :]
     return logits.to(softmax_dtype(logits.dtype)) * scale
 
