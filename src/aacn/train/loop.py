@@ -36,6 +36,7 @@ from aacn.train.evaluate import autocast, count_parameters, evaluate, flops_per_
 from aacn.train.progress import EpochProgress, describe_attention, format_epoch
 from aacn.train.recipes import RECIPES, build_optimizer
 from aacn.train.records import RunDir
+from aacn.train.sync_bn import convert_sync_batchnorm
 
 NAN_CHECK_EVERY = 20  # steps between loss checks (each check is a host-device sync)
 
@@ -148,7 +149,7 @@ def _run(config: RunConfig, ctx: distributed.Context, *, resume: bool, overwrite
     if channels_last:
         model.to(memory_format=torch.channels_last)
     if ctx.distributed and config.sync_bn:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = convert_sync_batchnorm(model, device)  # PyTorch's SyncBatchNorm is CUDA-only
     raw_model = model
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
