@@ -183,6 +183,7 @@ def _run(config: RunConfig, ctx: distributed.Context, *, resume: bool, overwrite
 
     # ---------------------------------------------------------------------------------------- resume
     start_epoch, start_step, elapsed, partial = 0, 0, 0.0, [0.0, 0.0, 0.0]
+    resumed_images = 0.0  # images of the current epoch already trained before a mid-epoch checkpoint
     rows: list[dict[str, Any]] = []
     if action == "fresh":
         if ctx.is_main:
@@ -208,7 +209,10 @@ def _run(config: RunConfig, ctx: distributed.Context, *, resume: bool, overwrite
             if device.type == "cuda" and "rng_cuda" in state:
                 torch.cuda.set_rng_state(state["rng_cuda"].cpu(), device)
             start_epoch, start_step = int(state["epoch"]), int(state["step"])
-            elapsed, partial = float(state["elapsed"]), [float(v) for v in state["partial"]]
+            # a mid-epoch checkpoint holds the partial sums of all ranks together: give them to rank 0 only
+            elapsed, saved_partial = float(state["elapsed"]), [float(v) for v in state["partial"]]
+            partial = saved_partial if ctx.is_main else [0.0, 0.0, 0.0]
+            resumed_images = saved_partial[2]
             rows = [r for r in run_dir.read_metrics() if r["epoch"] <= start_epoch]
             log(f"resuming {run_dir.path} from {path.name} (epoch {start_epoch}, step {start_step})")
     if ctx.is_main:
@@ -250,6 +254,7 @@ def _run(config: RunConfig, ctx: distributed.Context, *, resume: bool, overwrite
             bar = EpochProgress(epoch + 1, config.epochs, steps_per_epoch, initial=step,
                                 enabled=config.progress and ctx.is_main)
             t0 = time.perf_counter()
+            agreed_stop = False  # every rank stops at this same step (so they can add up their sums)
             try:
                 for images, labels in train_loader.batches(epoch, start=start_step):
                     with autocast(device, amp_dtype):
@@ -276,10 +281,13 @@ def _run(config: RunConfig, ctx: distributed.Context, *, resume: bool, overwrite
                         if not math.isfinite(bad_loss):
                             raise _NonFinite(epoch, step, bad_loss)
                         if stops:
+                            agreed_stop = True
                             raise KeyboardInterrupt
                         bar.update(step, sums, time.perf_counter() - t0, ctx.world_size)
             except KeyboardInterrupt:
                 bar.close()
+                if agreed_stop:
+                    distributed.all_reduce_sum(sums, ctx)  # the checkpoint keeps the whole batch's sums
                 save(epoch, step, sums, time.perf_counter() - run_start)
                 log(f"\ninterrupted at epoch {epoch + 1}, step {step}: checkpoint saved in "
                     f"{run_dir.checkpoint_dir}; continue with the same command plus --resume", file=sys.stderr)
@@ -304,13 +312,13 @@ def _run(config: RunConfig, ctx: distributed.Context, *, resume: bool, overwrite
             row = {
                 "epoch": epoch + 1, "train_loss": train_loss / count, "train_acc": 100.0 * correct / count,
                 "val_loss": val["loss"], "val_acc": val["acc"], "lr": scheduler.get_last_lr()[0],
-                "epoch_time_s": epoch_time, "images_per_s": (count - partial[2] * ctx.world_size) / epoch_time,
+                "epoch_time_s": epoch_time, "images_per_s": (count - resumed_images) / epoch_time,
                 "peak_mem_bytes": distributed.peak_memory_bytes(device),
             }
             if data.num_classes > 10:
                 row["val_top5"] = val["top5"]
             rows.append(row)
-            start_step, partial = 0, [0.0, 0.0, 0.0]
+            start_step, partial, resumed_images = 0, [0.0, 0.0, 0.0], 0.0
             save(epoch + 1, 0, None, time.perf_counter() - run_start)
             if ctx.is_main:
                 run_dir.write_metrics(rows)
