@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -72,10 +73,10 @@ def init(device_name: str = "auto") -> Context:
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)
+        timeout = datetime.timedelta(minutes=30)
         try:
-            dist.init_process_group(
-                backend=backend, rank=rank, world_size=world_size, timeout=datetime.timedelta(minutes=30)
-            )
+            dist.init_process_group(backend=backend, store=_restart_safe_store(world_size, timeout), rank=rank,
+                                    world_size=world_size, timeout=timeout)
         except (RuntimeError, ValueError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserError(
@@ -83,6 +84,29 @@ def init(device_name: str = "auto") -> Context:
                 "(--rdzv-endpoint / MASTER_ADDR:MASTER_PORT) and that all nodes can reach it"
             ) from None
     return Context(device=device, rank=rank, world_size=world_size, local_rank=local_rank)
+
+
+def _restart_safe_store(world_size: int, timeout: datetime.timedelta) -> dist.Store | None:
+    """A store for ``init_process_group`` that a restarted torchrun worker group cannot confuse with the last.
+
+    torchrun's c10d rendezvous shares one TCPStore across ``--max-restarts`` restarts, and the process group
+    keys its rendezvous (gloo/NCCL addresses, barrier counters) the same way every time, so a restarted rank can
+    read a dead rank's address and fail or hang (PyTorch issue 135712). On one node the restart count is the
+    same for every rank, so a per-restart key prefix isolates the groups. Across nodes it is not (each agent
+    counts its own restarts): there we keep PyTorch's default and say how to avoid the problem. ``None`` means
+    "let ``init_process_group`` use ``env://`` as usual".
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    if os.environ.get("LOCAL_WORLD_SIZE") != str(world_size):
+        if int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0 and os.environ.get("RANK") == "0":
+            print("aacn: warning: multi-node torchrun --max-restarts may fail to re-form the group after a "
+                  "restart (PyTorch issue 135712); export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 before torchrun",
+                  file=sys.stderr)
+        return None
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size,
+                          is_master=False, timeout=timeout)
+    return dist.PrefixStore(f"aacn/restart-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
 def shutdown(ctx: Context) -> None:
