@@ -83,11 +83,19 @@ def test_attention_branch_matches_hand_computation():
 @pytest.mark.parametrize("stride", [1, 2])
 def test_impls_agree_inside_layer_and_weights_match_reference(stride):
     layer = _layer(stride=stride, feature_size=(7, 6), attention_impl="reference").double().eval()
-    x = torch.randn(2, 8, 7, 6, dtype=torch.float64)
-    expected = layer(x)
+    x = torch.randn(2, 8, 7, 6, dtype=torch.float64, requires_grad=True)
+
+    def run():
+        out = layer(x)
+        grads = torch.autograd.grad(out.square().sum(), [x, *layer.parameters()])
+        return [out.detach(), *grads]
+
+    expected = run()
     for impl in ["sdpa", "chunked"]:
         layer.attention_impl = impl
-        assert (layer(x) - expected).abs().max().item() <= 1e-10
+        for got, ref in zip(run(), expected, strict=True):
+            assert (got - ref).abs().max().item() <= 1e-10, impl
+    x = x.detach()
     # attention_weights == softmax rows from the reference with one-hot values
     q, k, _, rel_h, rel_w = layer._heads(x)
     h, w = q.shape[2:4]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from aacn.nn import functional as AF
 from aacn.nn import relative_attention as RA
@@ -156,6 +158,37 @@ def test_sdpa_uses_a_fused_kernel_forward_and_backward():
     assert "aten::_scaled_dot_product_flash_attention_for_cpu" in names
     assert "aten::_scaled_dot_product_flash_attention_for_cpu_backward" in names
     assert "aten::_softmax" not in names and "aten::softmax" not in names
+
+
+class _LargestTensor(TorchDispatchMode):
+    """Records the largest tensor any ATen op produces (forward and backward)."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+@pytest.mark.parametrize("impl", ["reference", "sdpa", "chunked"])
+def test_memory_efficient_impls_never_build_hw_squared(impl):
+    tensors, _ = _inputs(16, 12, dtype=torch.float32)
+    full = 2 * 2 * (16 * 12) ** 2  # B * Nh * (HW)^2
+    if impl == "chunked":  # blocks of 1/8 of the queries
+        fn = lambda q, k, v, rh, rw: RA.chunked_attention(q, k, v, rh, rw, 3**-0.5, full // 8)  # noqa: E731
+    else:
+        fn = _impl_fn(impl)
+    with _LargestTensor() as mode:
+        fn(*tensors).sum().backward()
+    if impl == "reference":
+        assert mode.largest >= full  # the probe sees the materialised logits
+    else:
+        assert mode.largest < full // 4
 
 
 def test_auto_choice():

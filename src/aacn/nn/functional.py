@@ -15,10 +15,11 @@ Query ``(x, y)`` attends to key ``(x', y')`` with the logit::
 A ``None`` table drops its term. Implementations (``impl``):
 
 * ``"reference"`` -- the paper's appendix algorithm; materialises ``(HW)^2`` logits. Ground truth for tests.
-* ``"sdpa"`` -- folds the relative terms into ``H + W`` extra query/key columns and calls a fused
-  ``F.scaled_dot_product_attention`` kernel (flash on CPU; flash / memory-efficient / cuDNN on CUDA); the
-  math backend is disabled, so no ``(HW)^2`` tensor is built. Memory ``O(B*Nh*HW*(dkh+H+W))`` (CUDA) or
-  bounded per chunk (CPU, see below).
+* ``"sdpa"`` -- folds the relative terms into ``H + W`` extra query/key columns and runs a fused attention
+  kernel, so no ``(HW)^2`` tensor is built. CUDA: ``F.scaled_dot_product_attention`` restricted to the flash /
+  memory-efficient / cuDNN backends (never the math backend); memory ``O(B*Nh*HW*(dkh+H+W))``. CPU: the
+  flash kernel over chunks of (batch x head) pairs, keeping only the compact output and log-sum-exp for
+  backward (:mod:`aacn.nn.flash_cpu`); memory ``O(B*Nh*HW*dvh)`` plus a bounded chunk.
 * ``"chunked"`` -- pure PyTorch, any device and dtype: blocks of queries, recomputed in backward.
 * ``"auto"`` -- ``"sdpa"`` where a fused kernel exists (CPU: float16/bfloat16/float32/float64; CUDA:
   float16/bfloat16/float32), otherwise ``"chunked"``; on CPU also ``"chunked"`` when all ``B*Nh*(HW)^2``
@@ -26,9 +27,8 @@ A ``None`` table drops its term. Implementations (``impl``):
   Nh=8), where plain attention is faster than the folded kernel and its memory is bounded anyway.
 
 FlexAttention is not used: it has no CPU backward and needs ``torch.compile`` to be memory-efficient, and the
-folded SDPA call already avoids ``(HW)^2`` on CUDA too (flash / memory-efficient kernels).
-On CPU, ``"sdpa"`` recomputes the kernel in backward over chunks of (batch x head) pairs: the folded tensors
-are ``(dkh + H + W) / dkh`` times larger than q and would otherwise dominate the layer's memory.
+folded SDPA call already avoids ``(HW)^2`` on CUDA (flash / memory-efficient kernels). The CUDA path is
+correct by construction but has not been measured on a GPU.
 
 Every implementation is exact (equal up to floating-point rounding), differentiable in ``q, k, v, rel_h,
 rel_w``, and keeps softmax statistics in float32 under bf16/fp16 autocast.

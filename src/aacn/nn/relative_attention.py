@@ -8,12 +8,13 @@ key pixel ``(x', y')`` of an ``H x W`` grid::
 
 followed by a softmax over all keys and a weighted sum of the values.
 
-* :func:`reference_attention` -- the paper's appendix algorithm (Bello et al. 2019, Fig. / App. A): it
+* :func:`reference_attention` -- the paper's appendix algorithm (Bello et al. 2019, appendix A): it
   materialises the ``(HW)^2`` logits and two more ``(HW)^2`` relative-logit tensors. Ground truth for tests.
 * :func:`sdpa_attention` -- folds the relative terms into the query/key product (``H + W`` extra columns: the
   query gets ``q . r^H_(x'-x)`` for every key row ``x'`` and ``q . r^W_(y'-y)`` for every key column ``y'``,
-  the key gets one-hot(``x'``) and one-hot(``y'``)) and calls ``F.scaled_dot_product_attention`` restricted to
-  its fused kernels, so no ``(HW)^2`` tensor is ever built.
+  the key gets one-hot(``x'``) and one-hot(``y'``)) and runs a fused kernel: ``F.scaled_dot_product_attention``
+  restricted to its fused backends on CUDA, :class:`aacn.nn.flash_cpu.FoldedFlashAttentionCPU` on CPU. No
+  ``(HW)^2`` tensor is ever built.
 * :func:`chunked_attention` -- pure-PyTorch fallback for any device and dtype: exact attention over blocks of
   queries, each block recomputed in the backward pass (activation checkpointing), so at most one
   ``(B, Nh, block, HW)`` tensor is alive at a time.
