@@ -293,8 +293,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--base-width", type=int, default=None,
                    help=f"model width (default: full on GPUs; on CPU {CPU_WIDTHS})")
     p.add_argument("--batch", type=int, default=None, help="per-process batch (default: 128 on GPUs, 32 on CPU)")
-    p.add_argument("--steps", type=int, default=None, help="timed steps per repeat (default: 50 GPU, 3 CPU)")
-    p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 10 GPU, 1 CPU)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per repeat (default: 50 GPU, 5 CPU)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 10 GPU, 2 CPU)")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per variant (default: 3 GPU, 3 CPU)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "none"),
@@ -307,13 +307,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm in the distributed runs")
     p.add_argument("--distributed", type=int, default=0, metavar="N",
                    help="instead: 1 vs N processes under torchrun at the same per-process batch")
-    p.add_argument("--threads", type=int, default=None, help="torch threads in single-process mode")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads in single-process mode (default: 1 on CPU, as each process of "
+                        "--distributed 2 on 2 cores; steadiest on a shared machine)")
     p.add_argument("--out", default=None, help="JSON (default benchmarks/results/train_step[_distributed].json)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     gpu = distributed.resolve_device(args.device).type == "cuda"
-    for key, on_gpu, on_cpu in (("batch", 128, 32), ("steps", 50, 3), ("warmup", 10, 1), ("repeats", 3, 3),
-                                ("compile", True, False)):
+    for key, on_gpu, on_cpu in (("batch", 128, 32), ("steps", 50, 5), ("warmup", 10, 2), ("repeats", 3, 3),
+                                ("compile", True, False), ("threads", None, 1)):
         if getattr(args, key) is None:
             setattr(args, key, on_gpu if gpu else on_cpu)
     return args
