@@ -178,6 +178,7 @@ class AAConv2d(LazyModuleMixin, nn.Module):
         if self.feature_size is None:
             if x is None:
                 return
+            self._check_size(x)
             self._set_feature_size((int(x.shape[-2]), int(x.shape[-1])))
         if not self.has_uninitialized_params():
             return
