@@ -37,8 +37,9 @@ _FUSED_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, S
 
 # Elements of one (B, Nh, block, HW) logits tensor in chunked_attention (16 MiB in float32).
 CHUNK_ELEMENTS = 1 << 22
-# Elements of one chunk's folded (pairs, HW, dkh + H + W) tensor in sdpa_attention on CPU (4 MiB in float32).
-SDPA_CHUNK_ELEMENTS = 1 << 20
+# Elements of one chunk's folded (pairs, HW, D) buffer in sdpa_attention on CPU (16 MiB in float32): fewer,
+# larger chunks cost less synchronisation between threads; ~8 such buffers are alive in backward.
+SDPA_CHUNK_ELEMENTS = 1 << 22
 
 
 def softmax_dtype(dtype: torch.dtype) -> torch.dtype:
