@@ -24,8 +24,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-_flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
-_flash_backward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+# PyTorch's own CPU flash-attention forward/backward ops (what F.scaled_dot_product_attention dispatches to).
+HAS_CPU_FLASH = hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward")
+if HAS_CPU_FLASH:
+    _flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    _flash_backward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
 
 
 def rel_index(n: int, device: torch.device | None = None) -> Tensor:

@@ -30,7 +30,7 @@ from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 
-from aacn.nn.flash_cpu import FoldedFlashAttentionCPU, rel_index
+from aacn.nn.flash_cpu import HAS_CPU_FLASH, FoldedFlashAttentionCPU, rel_index
 
 # Fused SDPA backends only: the "math" backend would materialise (HW)^2 and is never allowed here.
 _FUSED_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION]
@@ -162,7 +162,7 @@ def sdpa_attention(
     kept for backward (:class:`aacn.nn.flash_cpu.FoldedFlashAttentionCPU`): the folded tensors are
     ``(dkh + H + W) / dkh`` times larger than q and would otherwise dominate the layer's memory.
     """
-    if q.device.type != "cpu":
+    if q.device.type != "cpu" or not HAS_CPU_FLASH:
         return _sdpa_fused(q, k, v, rel_h, rel_w, scale)
     b, nh, h, w, dvh = v.shape
     chunk_elements = SDPA_CHUNK_ELEMENTS if chunk_elements is None else chunk_elements
