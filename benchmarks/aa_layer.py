@@ -18,9 +18,13 @@ Time
   ``--repeats`` rounds) so that load from other processes hits all of them alike; reported is the best round.
   CPU time (``time.process_time``) is recorded too. Rounds stop early after ``--max-seconds`` per size.
 
+Threads: 1 by default on CPU. With 2 threads on a machine shared with other jobs, every OpenMP parallel region
+waits for a descheduled thread, which penalises implementations with many smaller ops (``sdpa`` runs its
+kernel over chunks) far more than ``reference``; use ``--threads 2`` on an idle machine.
+
 ``reference`` is skipped where its estimated memory does not fit. Prints a table; writes JSON to ``--out``.
 
-    python benchmarks/aa_layer.py                          # CPU, sizes 8 16 32 (~3 minutes on 2 cores)
+    python benchmarks/aa_layer.py                          # CPU, sizes 8 16 32 (~2 minutes)
     python benchmarks/aa_layer.py --sizes 64 --repeats 0   # memory growth at 64x64 (reference does not fit)
     python benchmarks/aa_layer.py --device cuda --sizes 8 16 32 64
 """
@@ -203,7 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--impls", nargs="+", default=choices, choices=choices)
     parser.add_argument("--repeats", type=int, default=2, help="timed rounds after one warm-up round")
     parser.add_argument("--max-seconds", type=float, default=90.0, help="stop adding rounds after this per size")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: 1 on CPU, steady on a shared machine)"
+    )
     parser.add_argument("--glibc-dynamic-mmap", action="store_true", help="keep glibc's default malloc behaviour")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -213,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: CUDA is not available on this machine; use --device cpu")
+    if args.threads is None and args.device == "cpu":
+        args.threads = 1
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = args.dtype or ("bfloat16" if args.device == "cuda" else "float32")
