@@ -29,9 +29,14 @@ def tiny_cifar100(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _few_threads(monkeypatch):
-    """Keep each test to the machine's two cores and away from the user's data cache."""
+def _one_thread(monkeypatch):
+    """One intra-op thread, here and in subprocesses, and no access to the user's data cache.
+
+    Tiny models gain nothing from more threads, OpenMP's busy waiting makes two threads erratic on a loaded
+    2-core machine, and runs compared bit for bit (resume tests) must use the same thread count.
+    """
     import torch
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setenv("AACN_DATA", "/nonexistent-aacn-test-data")
