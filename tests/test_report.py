@@ -51,7 +51,7 @@ def test_seeds_share_a_row_with_mean_and_std(tmp_path):
     std = math.sqrt(2.0)  # sample std of 80 and 82
     assert f"81.00 ± {std:.2f}" in md  # test accuracy
     assert f"91.00 ± {std:.2f}" in md  # train accuracy
-    assert "| 70.00 " in md and "2.75M" in md
+    assert " 70.00 |" in md and "2.75M" in md
     rows = _csv(tmp_path / "rep" / "report.csv")
     assert [r["label"] for r in rows] == ["ResNet-34", "WRN-16-4 (no aug)"]
     assert rows[0]["runs"] == "2" and rows[0]["seeds"] == "0 1"

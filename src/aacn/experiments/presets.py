@@ -18,7 +18,8 @@ Scales:
   30/60/80% scaled to the replication's 60 epochs). Inputs are normalised the replication's way (``seed``:
   per-pixel mean subtracted). ``paper-cifar100`` follows the paper instead: ``wrn-sgd`` for 200 epochs (the
   standard WRN length) with per-channel (``standard``) normalisation. Batch 128, full-width models, model
-  defaults (Nh=8, κ=0.2, υ=0.1, at least 20 key dims per head). ``paper-sgd`` (warm-up + cosine) stays
+  defaults (Nh=8, κ=0.2, υ=0.1, at least 20 key dims per head; ResNet-34 with its CIFAR stem, the replication's
+  ImageNet stem being one ``aacn train --stem imagenet`` away). ``paper-sgd`` (warm-up + cosine) stays
   available through ``aacn train --recipe``; it is not the replication's, so no preset uses it.
 - ``fast``: full-width models on one modern GPU with the ``fast`` recipe (warm-up + cosine, label smoothing,
   batch 512, bf16/channels-last chosen automatically) and :data:`FAST_EPOCHS` epochs, so the whole study fits in
@@ -40,7 +41,7 @@ from typing import Any
 from aacn.config import RunConfig
 from aacn.experiments.report import run_label
 
-__all__ = ["TABLES", "SCALES", "PLACEMENTS", "FAST_EPOCHS", "SMOKE", "preset", "scale_settings", "run_slug", "describe"]
+__all__ = ["TABLES", "SCALES", "PLACEMENTS", "FAST_EPOCHS", "SMOKE", "preset", "scale_settings", "run_slug"]
 
 TABLES = ("table1", "table2", "paper-cifar100")
 SCALES = ("smoke", "fast", "full")
@@ -48,7 +49,7 @@ PLACEMENTS = ("seed", "paper")
 
 RESNET, WRN = "resnet34", "wrn-28-10"
 
-# full scale: (epochs, recipe) of each architecture, per table.
+# full scale on CIFAR-10: (epochs, recipe) of each architecture.
 FULL = {
     RESNET: (220, "seed-adam"),
     WRN: (60, "wrn-sgd"),
@@ -164,10 +165,3 @@ def run_slug(label: str, seed: int) -> str:
     slug = re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
     return f"{slug}-seed{seed}"
 
-
-def describe(table: str, scale: str, placement: str = "seed") -> str:
-    """One line saying what a preset trains (for the CLI's help and logs)."""
-    runs = preset(table, scale, placement=placement)
-    models = ", ".join(label for label, _ in runs)
-    cfg = runs[0][1]
-    return f"{table} at {scale} scale on {cfg.dataset}: {models}"

@@ -32,15 +32,24 @@ from aacn.errors import UserError
 from aacn.train.records import RunDir
 
 __all__ = [
+    "METRICS",
+    "BASIC_COLUMNS",
+    "TIME_COLUMN",
+    "EXTENDED_COLUMNS",
     "RunRecord",
+    "Stat",
     "ReportRow",
     "ReportResult",
+    "load_run",
     "load_runs",
     "group_runs",
     "run_label",
     "flat_config",
+    "short_value",
+    "format_params",
     "markdown_table",
     "format_rows",
+    "rows_csv",
     "report",
 ]
 
@@ -293,7 +302,9 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str
     widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) for i, h in enumerate(headers)]
 
     def line(cells: Sequence[str]) -> str:
-        return "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
+        pairs = enumerate(zip(cells, widths, strict=True))
+        padded = (str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in pairs)
+        return "| " + " | ".join(padded) + " |"
 
     rule = "|" + "|".join(("-" * (w + 1) + ":") if i else ("-" * (w + 2)) for i, w in enumerate(widths)) + "|"
     return "\n".join([line(headers), rule, *(line(r) for r in rows)])
