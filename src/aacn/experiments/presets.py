@@ -62,7 +62,7 @@ FAST_BATCH = 512
 # smoke scale: narrow widths and a small training set. Timed on the 2-core CPU (see the module docstring).
 SMOKE: dict[str, Any] = {
     "base_width": {RESNET: 8, WRN: 2},  # ResNet widths 8-64 (335k params); WRN stem 2, groups 20/40/80 (573k)
-    "epochs": 5,
+    "epochs": 10,
     "subset": 5000,
     "val_size": 1000,
     "batch_size": 128,
