@@ -266,11 +266,10 @@ def _run(config: RunConfig, ctx: distributed.Context, *, resume: bool, overwrite
                     scaler.update()
                     scheduler.step()
                     step += 1
-                    with torch.no_grad():
-                        n = labels.numel()
-                        sums += torch.stack([loss.detach().double() * n,
-                                             (logits.argmax(1) == labels).sum().double(),
-                                             torch.tensor(float(n), dtype=torch.float64, device=device)])
+                    with torch.no_grad():  # running sums stay on the device: no sync per step
+                        sums[0] += loss.detach().double() * labels.numel()
+                        sums[1] += (logits.argmax(1) == labels).sum()
+                        sums[2] += labels.numel()
                     if stop.requested and not ctx.distributed:
                         raise KeyboardInterrupt
                     if step % NAN_CHECK_EVERY == 0 or step == steps_per_epoch:
@@ -319,9 +318,9 @@ def _run(config: RunConfig, ctx: distributed.Context, *, resume: bool, overwrite
                 row["val_top5"] = val["top5"]
             rows.append(row)
             start_step, partial, resumed_images = 0, [0.0, 0.0, 0.0], 0.0
-            save(epoch + 1, 0, None, time.perf_counter() - run_start)
-            if ctx.is_main:
+            if ctx.is_main:  # metrics first: a resume drops rows newer than its checkpoint, never misses one
                 run_dir.write_metrics(rows)
+            save(epoch + 1, 0, None, time.perf_counter() - run_start)
             log(format_epoch(row, config.epochs))
 
     # --------------------------------------------------------------------------------------- results
