@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny CIFAR data made inside the tests (never the network, never ../shared)."""
+"""Shared fixtures: tiny CIFAR data made inside the tests (never the network, never files outside the repo)."""
 
 from __future__ import annotations
 
