@@ -123,18 +123,35 @@ def _pad_depth(t: Tensor, depth: int, dtype: torch.dtype) -> Tensor:
 
 
 def _folded_heads(
-    q: Tensor, k: Tensor, v: Tensor, rel_h: Tensor | None, rel_w: Tensor | None, dtype: torch.dtype, depth: int
+    q: Tensor, k: Tensor, v: Tensor, rel_h: Tensor | None, rel_w: Tensor | None, dtype: torch.dtype, depth: int,
+    value_depth: int | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Folded, zero-padded (B, Nh, HW, depth) query/key/value tensors in ``dtype`` for a fused kernel."""
+    """Folded, zero-padded (B, Nh, HW, depth) query/key tensors and (B, Nh, HW, value_depth) values (default
+    ``depth``) in ``dtype`` for a fused kernel."""
     qe, ke = fold_relative(q, k, rel_h, rel_w)
-    return _pad_depth(qe, depth, dtype), _pad_depth(ke, depth, dtype), _pad_depth(v, depth, dtype)
+    value_depth = depth if value_depth is None else value_depth
+    return _pad_depth(qe, depth, dtype), _pad_depth(ke, depth, dtype), _pad_depth(v, value_depth, dtype)
+
+
+def _round8(n: int) -> int:
+    return -(-n // 8) * 8
 
 
 def _sdpa_fused(q: Tensor, k: Tensor, v: Tensor, rel_h: Tensor | None, rel_w: Tensor | None, scale: float) -> Tensor:
-    """One ``F.scaled_dot_product_attention`` call (fused backends only) on the folded heads."""
+    """One ``F.scaled_dot_product_attention`` call (fused backends only) on the folded heads.
+
+    Query/key and value head sizes are each rounded up to a multiple of 8 (kernel alignment), but not to one
+    common size: in the paper's layers the values are far narrower than the folded keys (e.g. dvh = 2 against
+    dkh + H + W = 84 at 32x32), and padding them would spend most of the kernel's work on zeros. With unequal
+    sizes the memory-efficient (or cuDNN) backend runs instead of flash. On other devices all three share one
+    size (the CPU flash kernel needs it).
+    """
     b, nh, h, w, dvh = v.shape
-    depth = -(-max(q.shape[-1] + h * (rel_h is not None) + w * (rel_w is not None), dvh) // 8) * 8
-    qe, ke, ve = _folded_heads(q, k, v, rel_h, rel_w, compute_dtype(q, k, v), depth)
+    depth = _round8(q.shape[-1] + h * (rel_h is not None) + w * (rel_w is not None))
+    # other devices' kernels (CPU flash) need one common size
+    value_depth = _round8(dvh) if q.device.type == "cuda" else max(depth, _round8(dvh))
+    depth = max(depth, value_depth)
+    qe, ke, ve = _folded_heads(q, k, v, rel_h, rel_w, compute_dtype(q, k, v), depth, value_depth)
     with sdpa_kernel(_FUSED_BACKENDS):
         out = F.scaled_dot_product_attention(qe, ke, ve, scale=scale)
     return out[..., :dvh].reshape(b, nh, h, w, dvh)
@@ -151,9 +168,9 @@ def sdpa_attention(
 ) -> Tensor:
     """Exact attention through a fused scaled-dot-product-attention kernel (never the math backend).
 
-    Query/key/value head sizes are padded with zeros to one common size (the CPU flash kernel needs it; on
-    CUDA it is rounded up to a multiple of 8 so the flash kernel applies for fp16/bf16). Zero columns change
-    neither the logits nor the output. On CUDA this is one ``F.scaled_dot_product_attention`` call restricted
+    Head sizes are padded with zeros (zero columns change neither the logits nor the output): on CPU to one
+    common size for queries, keys and values (the CPU flash kernel needs it); on CUDA query/key and value
+    sizes are each rounded up to a multiple of 8 (see :func:`_sdpa_fused`). On CUDA this is one ``F.scaled_dot_product_attention`` call restricted
     to the flash / memory-efficient / cuDNN backends; it raises ``RuntimeError`` where none supports the dtype
     (e.g. float64), which ``impl="auto"`` avoids.
 
