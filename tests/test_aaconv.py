@@ -165,3 +165,20 @@ def test_bad_arguments_raise_value_error_naming_them(kw, pattern):
 def test_bad_input_channels():
     with pytest.raises(ValueError, match=r"^x: expected shape \(B, 8, H, W\), got \(1, 3, 4, 4\)"):
         _layer(feature_size=4)(torch.randn(1, 3, 4, 4))
+
+
+def test_compiled_layer_matches_eager_with_attention_outside_the_graph():
+    """torch.compile runs the convolution branch in a graph and the attention branch eagerly (graph break):
+    outputs and gradients equal the eager layer's."""
+    torch.manual_seed(0)
+    layer = AAConv2d(6, 16, 3, dk=8, dv=8, num_heads=2, feature_size=(5, 5)).double()
+    x = torch.randn(2, 6, 5, 5, dtype=torch.float64)
+    layer(x)  # materialise the lazy embeddings before compiling
+    compiled = torch.compile(layer, backend="aot_eager")
+    out_eager = layer(x)
+    grads_eager = torch.autograd.grad(out_eager.square().sum(), list(layer.parameters()))
+    out = compiled(x)
+    grads = torch.autograd.grad(out.square().sum(), list(layer.parameters()))
+    torch.testing.assert_close(out, out_eager)
+    for a, b in zip(grads, grads_eager, strict=True):
+        torch.testing.assert_close(a, b)

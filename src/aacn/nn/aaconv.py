@@ -229,12 +229,22 @@ class AAConv2d(LazyModuleMixin, nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """(B, in_channels, H, W) -> (B, out_channels, H / stride, W / stride) (rounded up)."""
         self._check_size(x)
+        attn = self._attend(x)
+        out = attn if self.conv is None else torch.cat([self.conv(x), attn], dim=1)
+        return out if self.bn is None else self.bn(out)
+
+    @torch.compiler.disable
+    def _attend(self, x: Tensor) -> Tensor:
+        """The attention branch, MHA(X) projected by W^O: (B, in_channels, H, W) -> (B, dv, H', W').
+
+        It runs outside ``torch.compile`` graphs (a graph break; the convolution branch and the rest of the
+        network still compile): Inductor in PyTorch 2.11 fails to generate the backward of the folded attention
+        on CUDA (``CantSplit`` in its tiling), and the fused attention kernel gains nothing from compilation.
+        """
         q, k, v, rel_h, rel_w = self._heads(x)
         b, nh, h, w, dvh = v.shape
         attn = relative_attention_2d(q, k, v, rel_h, rel_w, impl=self.attention_impl)
-        attn = self.out_proj(attn.permute(0, 1, 4, 2, 3).reshape(b, nh * dvh, h, w))
-        out = attn if self.conv is None else torch.cat([self.conv(x), attn], dim=1)
-        return out if self.bn is None else self.bn(out)
+        return self.out_proj(attn.permute(0, 1, 4, 2, 3).reshape(b, nh * dvh, h, w))
 
     def attention_weights(self, x: Tensor, queries: Sequence[Sequence[int]] | Tensor) -> Tensor:
         """Attention probabilities (B, Nh, P, H', W') of query pixels ``queries`` ((row, col) on the attention
