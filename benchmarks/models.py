@@ -122,6 +122,8 @@ def measure(args: argparse.Namespace, device: torch.device) -> list[dict[str, An
         width = args.base_width if args.base_width is not None else (
             CPU_WIDTHS.get(name) if device.type == "cpu" else None)
         for placement, impl in CASES:
+            if impl == "reference" and args.skip_reference:
+                continue
             kwargs: dict[str, Any] = {} if width is None else {"base_width": width}
             if placement != "none":
                 kwargs.update(args.model_kwargs, attention=placement, attention_impl=impl)
@@ -194,6 +196,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--model-kwargs", type=json.loads, default={},
                    help='extra create_model kwargs of the AA models, e.g. \'{"min_key_depth_per_head": 2}\' '
                         "(at narrow widths the default key depth, 20 per head, makes attention relatively wide)")
+    p.add_argument("--skip-reference", action="store_true", help="only the plain and memory-efficient cases")
     p.add_argument("--repeats", type=int, default=1, help="rounds over all cases (best time kept)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "none"),
