@@ -170,9 +170,9 @@ def sdpa_attention(
 
     Head sizes are padded with zeros (zero columns change neither the logits nor the output): on CPU to one
     common size for queries, keys and values (the CPU flash kernel needs it); on CUDA query/key and value
-    sizes are each rounded up to a multiple of 8 (see :func:`_sdpa_fused`). On CUDA this is one ``F.scaled_dot_product_attention`` call restricted
-    to the flash / memory-efficient / cuDNN backends; it raises ``RuntimeError`` where none supports the dtype
-    (e.g. float64), which ``impl="auto"`` avoids.
+    sizes are each rounded up to a multiple of 8 (see :func:`_sdpa_fused`). On CUDA this is one
+    ``F.scaled_dot_product_attention`` call restricted to the flash / memory-efficient / cuDNN backends; it
+    raises ``RuntimeError`` where none supports the dtype (e.g. float64), which ``impl="auto"`` avoids.
 
     On CPU the flash kernel runs over chunks of (batch x head) pairs with at most ``chunk_elements`` (default
     :data:`SDPA_CHUNK_ELEMENTS`) elements per folded tensor, and only the compact output and log-sum-exp are
