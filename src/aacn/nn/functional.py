@@ -27,8 +27,9 @@ A ``None`` table drops its term. Implementations (``impl``):
   Nh=8), where plain attention is faster than the folded kernel and its memory is bounded anyway.
 
 FlexAttention is not used: it has no CPU backward and needs ``torch.compile`` to be memory-efficient, and the
-folded SDPA call already avoids ``(HW)^2`` on CUDA (flash / memory-efficient kernels). The CUDA path is
-correct by construction but has not been measured on a GPU.
+folded SDPA call already avoids ``(HW)^2`` on CUDA (cuDNN / memory-efficient / flash kernels). On an H100 every
+impl matched the float64 reference (float32: relative error <= 1e-6 in outputs and all five gradients;
+bfloat16: <= 1.4e-2).
 
 Every implementation is exact (equal up to floating-point rounding), differentiable in ``q, k, v, rel_h,
 rel_w``, and keeps softmax statistics in float32 under bf16/fp16 autocast.
