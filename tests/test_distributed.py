@@ -273,15 +273,21 @@ def _bn_worker(rank: int, store: str, result: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     try:
-        model = convert_sync_batchnorm(_bn_net(), torch.device("cpu"))
-        ddp = nn.parallel.DistributedDataParallel(model)
-        x, y = _bn_data()
-        out = ddp(x[rank * 4:(rank + 1) * 4])
-        nn.functional.cross_entropy(out, y[rank * 4:(rank + 1) * 4]).backward()
-        torch.save({"out": out.detach(), "grads": {n: p.grad for n, p in model.named_parameters()},
-                    "buffers": dict(model.named_buffers())}, f"{result}{rank}")
+        _bn_step(rank, result)
     finally:
+        # DDP is freed (with _bn_step's frame) before the group is destroyed, as in aacn.train.run: freeing a
+        # DDP model after destroy_process_group sometimes hung the process at exit (PyTorch 2.13, gloo)
         dist.destroy_process_group()
+
+
+def _bn_step(rank: int, result: str) -> None:
+    model = convert_sync_batchnorm(_bn_net(), torch.device("cpu"))
+    ddp = nn.parallel.DistributedDataParallel(model)
+    x, y = _bn_data()
+    out = ddp(x[rank * 4:(rank + 1) * 4])
+    nn.functional.cross_entropy(out, y[rank * 4:(rank + 1) * 4]).backward()
+    torch.save({"out": out.detach(), "grads": {n: p.grad for n, p in model.named_parameters()},
+                "buffers": dict(model.named_buffers())}, f"{result}{rank}")
 
 
 def _bn_net() -> nn.Module:

@@ -18,6 +18,7 @@ import os
 import signal
 import sys
 import time
+import traceback
 from typing import Any
 
 import torch
@@ -109,6 +110,10 @@ def run(config: RunConfig, *, resume: bool = False, overwrite: bool = False) -> 
     ctx = distributed.init(config.device)
     try:
         return _run(config, ctx, resume=resume, overwrite=overwrite)
+    except BaseException as exc:
+        if ctx.distributed:  # free the DDP model (held by the traceback's frames) before its process group:
+            traceback.clear_frames(exc.__traceback__)  # freed after it, gloo sometimes hung at exit
+        raise
     finally:
         distributed.shutdown(ctx)
 
