@@ -111,3 +111,14 @@ def test_cli_bad_input_exits_2(tmp_path, capsys):
             main(argv)
         assert exit_.value.code == 2
         assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("flag,scale,device,expected", [
+    (None, "fast", "cuda", True), (None, "fast", "cuda:1", True), (None, "fast", "cpu", False),
+    (None, "smoke", "cuda", False), (None, "full", "cuda", False), (False, "fast", "cuda", False),
+    (True, "smoke", "cpu", True), (None, "fast", "mps", False),
+])
+def test_reproduce_compiles_by_default_only_at_fast_scale_on_cuda(flag, scale, device, expected):
+    from aacn.experiments.commands import compile_default
+
+    assert compile_default(flag, scale, device) is expected

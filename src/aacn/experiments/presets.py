@@ -21,13 +21,13 @@ Scales:
   defaults (Nh=8, κ=0.2, υ=0.1, at least 20 key dims per head; ResNet-34 with its CIFAR stem, the replication's
   ImageNet stem being one ``aacn train --stem imagenet`` away). ``paper-sgd`` (warm-up + cosine) stays
   available through ``aacn train --recipe``; it is not the replication's, so no preset uses it.
-- ``fast``: full-width models on one modern GPU with the ``fast`` recipe (warm-up + cosine, label smoothing,
-  batch 512, bf16/channels-last chosen automatically; add ``--compile``) and :data:`FAST_EPOCHS` epochs. Measured
-  on one H100 (PyTorch 2.11, real CIFAR-10 images from a JPEG re-encoding): WRN-28-10, 90 epochs, 403 s with
-  ``--compile`` (3.8 s per epoch of 45k images), 91.72% test; ResNet-34, 30 epochs, 79 s eager, 89.52% test.
-  AA-WRN-28-10 with the paper placement takes 18.2 s per epoch. Estimated from these epoch times: Table 1
-  about 17 minutes, Table 2 with the seed placement about 25; with the paper placement each of its two
-  AA-WRN rows takes about 27 minutes.
+- ``fast``: full-width models on one modern GPU with the ``fast`` recipe (warm-up + cosine, label smoothing, batch
+  512, bf16/channels-last chosen automatically; ``aacn reproduce`` compiles on CUDA) and :data:`FAST_EPOCHS`
+  epochs. Measured on one H100 (PyTorch 2.11, real CIFAR-10 images from a JPEG re-encoding): WRN-28-10, 90 epochs,
+  403 s with ``--compile`` (3.8 s per epoch of 45k images), 91.72% test; ResNet-34, 30 epochs, 79 s eager, 89.52%
+  test. AA-WRN-28-10 with the paper placement takes 18.2 s per epoch. Estimated from these epoch times: Table 1
+  about 17 minutes, Table 2 with the seed placement about 25; with the paper placement each of its two AA-WRN rows
+  takes about 27 minutes.
 - ``smoke``: the full protocol in miniature: the same architectures made narrow (``base_width``), the same
   recipes (their schedules scale with the epoch count) and normalisation, trained on a subset for a few epochs
   with a small validation split, so the whole of Table 1 runs in about 15 minutes and Table 2 (seed
