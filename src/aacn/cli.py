@@ -166,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, ValueError) as exc:
         if os.environ.get("AACN_DEBUG"):
             raise
+        if getattr(exc, "all_ranks", False) and os.environ.get("RANK", "0") != "0":
+            return 2  # the same error on every rank: rank 0 says it once
         message = " ".join(str(exc).split())
         print(f"aacn {args.command}: error: {message}", file=sys.stderr)
         return 2

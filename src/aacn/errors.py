@@ -6,4 +6,12 @@ the CLI, printed as one line and turned into exit code 2. Set ``AACN_DEBUG=1`` t
 
 
 class UserError(Exception):
-    """A mistake in the user's input (arguments, files, environment) with a message that says how to fix it."""
+    """A mistake in the user's input (arguments, files, environment) with a message that says how to fix it.
+
+    ``all_ranks``: every rank of a distributed run raises the same error (e.g. a bad config), so the CLI prints
+    it on rank 0 only instead of once per process.
+    """
+
+    def __init__(self, message: str, *, all_ranks: bool = False) -> None:
+        super().__init__(message)
+        self.all_ranks = all_ranks

@@ -104,7 +104,11 @@ def run(config: RunConfig, *, resume: bool = False, overwrite: bool = False) -> 
     ``overwrite``: discard whatever ``config.out`` holds. Without either, a non-empty run directory is refused.
     Raises :class:`UserError` for problems the user can fix.
     """
-    config.validate()
+    try:
+        config.validate()
+    except UserError as exc:
+        exc.all_ranks = True
+        raise
     if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
         resume = True  # torchrun --max-restarts restarted the worker group: go on from the last checkpoint
     ctx = distributed.init(config.device)
@@ -127,7 +131,7 @@ def _run(config: RunConfig, ctx: distributed.Context, *, resume: bool, overwrite
     if config.batch_size % ctx.world_size:
         raise UserError(
             f"--batch-size {config.batch_size} is the global batch and must be divisible by the world size "
-            f"{ctx.world_size}; pick a multiple of {ctx.world_size}"
+            f"{ctx.world_size}; pick a multiple of {ctx.world_size}", all_ranks=True
         )
 
     # ------------------------------------------------------------------------------------------ data
