@@ -188,3 +188,20 @@ def test_data_dir_without_cifar_says_what_is_missing(tmp_path, capsys, monkeypat
     assert exit_code(tiny_args(empty, tmp_path / "run")) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(empty) in err and "cifar-10-batches-py" in err
+
+
+def test_a_failing_torch_compile_is_one_line_that_says_how_to_go_on(tiny_cifar10, tmp_path, monkeypatch, capsys):
+    import aacn.train.loop as loop
+
+    def failing_backend(graph_module, example_inputs):
+        raise RuntimeError("the compiler broke")
+
+    real_compile = torch.compile
+    monkeypatch.setattr(loop.torch, "compile", lambda model: real_compile(model, backend=failing_backend))
+    out = tmp_path / "run"
+    assert main(tiny_args(tiny_cifar10, out, "--compile", epochs=1)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "torch.compile failed" in err[0] and "the compiler broke" in err[0], err
+    assert "without --compile" in err[0] and "--resume" in err[0]
+    monkeypatch.setattr(loop.torch, "compile", real_compile)
+    assert main(tiny_args(tiny_cifar10, out, "--resume", epochs=1)) == 0  # the advice works

@@ -96,6 +96,20 @@ def _model_info(model: nn.Module) -> dict[str, Any]:
     }
 
 
+def _compile_error_types() -> tuple[type[BaseException], ...]:
+    """Exceptions by which ``torch.compile`` reports that it failed (Dynamo, or Inductor in the backward)."""
+    import torch._dynamo.exc
+
+    types: list[type[BaseException]] = [torch._dynamo.exc.TorchDynamoException]
+    try:
+        from torch._inductor.exc import InductorError
+
+        types.append(InductorError)
+    except ImportError:  # older PyTorch: Inductor's errors reach us wrapped by Dynamo
+        pass
+    return tuple(types)
+
+
 def run(config: RunConfig, *, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Train ``config`` into ``config.out`` and return its results (also written to ``results.json``).
 
@@ -187,8 +201,10 @@ def _run(config: RunConfig, ctx: distributed.Context, *, resume: bool, overwrite
 
     if ctx.distributed:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    compile_errors: tuple[type[BaseException], ...] = ()
     if config.compile:
         model = torch.compile(model)
+        compile_errors = _compile_error_types()
 
     # ---------------------------------------------------------------------------------------- resume
     start_epoch, start_step, elapsed, partial = 0, 0, 0.0, [0.0, 0.0, 0.0]
@@ -307,6 +323,14 @@ def _run(config: RunConfig, ctx: distributed.Context, *, resume: bool, overwrite
                 raise UserError(
                     f"loss became {bad.value} at epoch {bad.epoch + 1}, step {bad.step}; training stopped and "
                     f"{keep}. Lower --lr, use --amp none, or check the data, then rerun (with --resume to go on)"
+                ) from None
+            except compile_errors as exc:  # compilation happens in the first steps (forward, then backward)
+                bar.close()
+                cause = getattr(exc, "inner_exception", None) or exc.__cause__ or exc
+                detail = next((line.strip() for line in str(cause).splitlines() if line.strip()), "")
+                raise UserError(
+                    f"torch.compile failed ({type(cause).__name__}: {detail[:200]}); rerun the same command "
+                    "without --compile, with --resume (or report the bug to PyTorch; TORCHDYNAMO_VERBOSE=1 shows it)"
                 ) from None
             bar.close()
             epoch_time = time.perf_counter() - t0
