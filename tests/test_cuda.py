@@ -8,40 +8,27 @@ attention-augmented layer, and a short ``aacn train`` on the GPU with bf16 autoc
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from aacn.cli import main
 from aacn.nn import AAConv2d
-from aacn.nn.functional import relative_attention_2d
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from cuda_check import relative_errors  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-
-
-def _inputs(shape, gen):
-    b, nh, h, w, dk, dv = shape
-    q, k = (torch.randn(b, nh, h, w, dk, dtype=torch.float64, generator=gen) for _ in range(2))
-    v = torch.randn(b, nh, h, w, dv, dtype=torch.float64, generator=gen)
-    return q, k, v, torch.randn(2 * h - 1, dk, dtype=torch.float64, generator=gen), \
-        torch.randn(2 * w - 1, dk, dtype=torch.float64, generator=gen)
 
 
 @pytest.mark.parametrize("impl", ["auto", "sdpa", "chunked", "reference"])
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 3e-2)])
 @pytest.mark.parametrize("shape", [(2, 8, 8, 8, 20, 20), (2, 4, 7, 5, 8, 12), (2, 8, 32, 32, 20, 2)])
 def test_cuda_attention_matches_float64_reference(impl, dtype, tol, shape):
-    gen = torch.Generator().manual_seed(0)
-    tensors = _inputs(shape, gen)
-    grad = torch.randn(*shape[:4], shape[5], dtype=torch.float64, generator=gen)
-    ref_in = [t.clone().requires_grad_() for t in tensors]
-    ref = relative_attention_2d(*ref_in, impl="reference")
-    ref_grads = torch.autograd.grad(ref, ref_in, grad)
-    cuda_in = [t.to("cuda", dtype).requires_grad_() for t in tensors]
-    out = relative_attention_2d(*cuda_in, impl=impl)
-    grads = torch.autograd.grad(out, cuda_in, grad.to("cuda", dtype))
-    for got, want in [(out, ref), *zip(grads, ref_grads, strict=True)]:
-        assert ((got.double().cpu() - want).norm() / want.norm()).item() < tol
+    """Output and the five gradients, relative to the float64 CPU reference (benchmarks/cuda_check.py)."""
+    assert all(err < tol for err in relative_errors(shape, dtype, impl))
 
 
 def test_inductor_compiled_layer_matches_eager_on_cuda():

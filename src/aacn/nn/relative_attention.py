@@ -124,12 +124,11 @@ def _pad_depth(t: Tensor, depth: int, dtype: torch.dtype) -> Tensor:
 
 def _folded_heads(
     q: Tensor, k: Tensor, v: Tensor, rel_h: Tensor | None, rel_w: Tensor | None, dtype: torch.dtype, depth: int,
-    value_depth: int | None = None,
+    value_depth: int,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Folded, zero-padded (B, Nh, HW, depth) query/key tensors and (B, Nh, HW, value_depth) values (default
-    ``depth``) in ``dtype`` for a fused kernel."""
+    """Folded, zero-padded (B, Nh, HW, depth) query/key tensors and (B, Nh, HW, value_depth) values in
+    ``dtype`` for a fused kernel."""
     qe, ke = fold_relative(q, k, rel_h, rel_w)
-    value_depth = depth if value_depth is None else value_depth
     return _pad_depth(qe, depth, dtype), _pad_depth(ke, depth, dtype), _pad_depth(v, value_depth, dtype)
 
 
@@ -148,9 +147,9 @@ def _sdpa_fused(q: Tensor, k: Tensor, v: Tensor, rel_h: Tensor | None, rel_w: Te
     """
     b, nh, h, w, dvh = v.shape
     depth = _round8(q.shape[-1] + h * (rel_h is not None) + w * (rel_w is not None))
-    # other devices' kernels (CPU flash) need one common size
-    value_depth = _round8(dvh) if q.device.type == "cuda" else max(depth, _round8(dvh))
-    depth = max(depth, value_depth)
+    value_depth = _round8(dvh)
+    if q.device.type != "cuda":  # the CPU flash kernel needs one common size
+        depth = value_depth = max(depth, value_depth)
     qe, ke, ve = _folded_heads(q, k, v, rel_h, rel_w, compute_dtype(q, k, v), depth, value_depth)
     with sdpa_kernel(_FUSED_BACKENDS):
         out = F.scaled_dot_product_attention(qe, ke, ve, scale=scale)
