@@ -44,6 +44,7 @@ from pathlib import Path
 import torch
 
 from aacn.nn.functional import IMPLS, relative_attention_2d, resolve_impl
+from aacn.nn.triton_attention import triton_unavailable_reason
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "aa_layer.json"
 REFERENCE_TENSORS = 8  # (B, Nh, HW, HW) float32 tensors alive at the reference's peak (conservative estimate)
@@ -96,10 +97,15 @@ def _time_interleaved(cfg: dict, impls: list[str], device: str) -> dict:
     return out
 
 
+def runnable_impls(device: torch.device, dtype: torch.dtype) -> list[str]:
+    """The impls that run on ``device`` in ``dtype`` (``triton`` needs CUDA and the triton package)."""
+    return [i for i in IMPLS if i != "triton" or triton_unavailable_reason(device, dtype) is None]
+
+
 def _warm_up_libraries(cfg: dict) -> None:
     """Run every impl once on a 2x2 grid: one-off library set-up (autograd engine, kernels) is not counted."""
     tiny = _inputs(dict(cfg, batch=1, heads=1, size=2), "cpu")
-    for impl in IMPLS:
+    for impl in runnable_impls(torch.device("cpu"), tiny[0].dtype):
         _step(impl, tiny)
 
 
@@ -204,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dvh", type=int, default=20)
     parser.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16 (CUDA default)")
     choices = [i for i in IMPLS if i != "auto"]
-    parser.add_argument("--impls", nargs="+", default=choices, choices=choices)
+    parser.add_argument("--impls", nargs="+", default=None, choices=choices,
+                        help="default: all that run on the device (triton: CUDA only)")
     parser.add_argument("--repeats", type=int, default=2, help="timed rounds after one warm-up round")
     parser.add_argument("--max-seconds", type=float, default=90.0, help="stop adding rounds after this per size")
     parser.add_argument(
@@ -224,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = args.dtype or ("bfloat16" if args.device == "cuda" else "float32")
+    if args.impls is None:
+        args.impls = [i for i in runnable_impls(torch.device(args.device), getattr(torch, dtype)) if i != "auto"]
     impls = ["reference"] + [i for i in args.impls if i != "reference"]
     base_cfg = dict(
         batch=args.batch, heads=args.heads, dkh=args.dkh, dvh=args.dvh, dtype=dtype, repeats=args.repeats,

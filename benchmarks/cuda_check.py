@@ -1,9 +1,10 @@
 """Correctness of every attention implementation on CUDA against the float64 CPU reference (issue 3).
 
 For a few shapes (the paper's 32x32 grid included), runs ``relative_attention_2d`` forward + backward on the GPU
-in float32 and bfloat16 with each ``impl`` and prints the relative error ``|out - ref| / |ref|`` of the output
-and of the five gradients (q, k, v, rel_h, rel_w). Tolerances: 1e-3 (float32), 3e-2 (bfloat16). Exit code 1 if
-any check fails. Needs a CUDA device; the CPU paths are covered by the test suite.
+in float32 and bfloat16 with each ``impl`` (``triton`` where the triton package is installed) and prints the
+relative error ``|out - ref| / |ref|`` of the output and of the five gradients (q, k, v, rel_h, rel_w).
+Tolerances: 1e-3 (float32), 3e-2 (bfloat16). Exit code 1 if any check fails. Needs a CUDA device; the CPU
+paths are covered by the test suite.
 
     python benchmarks/cuda_check.py
 """
@@ -15,9 +16,11 @@ import sys
 import torch
 
 from aacn.nn.functional import relative_attention_2d
+from aacn.nn.triton_attention import HAS_TRITON
 
 SHAPES = [(2, 8, 8, 8, 20, 20), (2, 4, 16, 12, 24, 16), (1, 8, 32, 32, 20, 20), (2, 2, 7, 5, 8, 12),
           (2, 8, 32, 32, 20, 2)]
+CUDA_IMPLS = ("auto", "sdpa", "chunked", "reference") + (("triton",) if HAS_TRITON else ())
 TOLERANCES = {torch.float32: 1e-3, torch.bfloat16: 3e-2}
 
 
@@ -47,7 +50,7 @@ def main() -> int:
     failed = 0
     for shape in SHAPES:
         for dtype, tol in TOLERANCES.items():
-            for impl in ("auto", "sdpa", "chunked", "reference"):
+            for impl in CUDA_IMPLS:
                 errs = relative_errors(shape, dtype, impl)
                 ok = all(e < tol for e in errs)
                 failed += not ok

@@ -1,10 +1,10 @@
 """Training-step time and peak memory of each attention-augmented model relative to its plain model (issue 4).
 
 Cases per model: the plain network, and the ``seed`` and ``paper`` placements, each with the reference
-attention (``attention_impl="reference"``, materialises the ``(HW)^2`` logits) and the memory-efficient one
-(``attention_impl="auto"``). The step is the real one (``StepBench`` of ``benchmarks/train_step.py``: real
-``DeviceLoader``, recipe ``paper-sgd``, the autocast / channels-last that ``aacn train`` uses by default on the
-device), on synthetic CIFAR-size images.
+attention (``attention_impl="reference"``, materialises the ``(HW)^2`` logits) and the memory-efficient ones
+(``--impls``; default ``attention_impl="auto"``, and on CUDA also ``"triton"``). The step is the real one
+(``StepBench`` of ``benchmarks/train_step.py``: real ``DeviceLoader``, recipe ``paper-sgd``, the autocast /
+channels-last that ``aacn train`` uses by default on the device), on synthetic CIFAR-size images.
 
 Every case runs in a fresh subprocess (a crash or OOM stays there; memory is not shared between cases).
 Memory
@@ -47,10 +47,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_step import CPU_WIDTHS, StepBench, Variant, sync  # noqa: E402
 
 from aacn.models import create_model  # noqa: E402
+from aacn.nn.functional import IMPLS  # noqa: E402
+from aacn.nn.triton_attention import HAS_TRITON  # noqa: E402
 from aacn.train import distributed  # noqa: E402
 
 MMAP_THRESHOLD = "131072"
-CASES = [("none", None), ("seed", "reference"), ("seed", "auto"), ("paper", "reference"), ("paper", "auto")]
+PLACEMENTS = ("seed", "paper")
+
+
+def cases(impls: list[str], skip_reference: bool) -> list[tuple[str, str | None]]:
+    """(placement, attention_impl) pairs: the plain model, then per placement the reference and each impl."""
+    out: list[tuple[str, str | None]] = [("none", None)]
+    for placement in PLACEMENTS:
+        out += [(placement, impl) for impl in ([] if skip_reference else ["reference"]) + impls]
+    return out
 REFERENCE_TENSORS = 3  # (B, Nh, HW, HW) float32 tensors per layer kept for backward or alive at the peak
 
 
@@ -121,9 +131,7 @@ def measure(args: argparse.Namespace, device: torch.device) -> list[dict[str, An
     for name in args.models:
         width = args.base_width if args.base_width is not None else (
             CPU_WIDTHS.get(name) if device.type == "cpu" else None)
-        for placement, impl in CASES:
-            if impl == "reference" and args.skip_reference:
-                continue
+        for placement, impl in cases(args.impls, args.skip_reference):
             kwargs: dict[str, Any] = {} if width is None else {"base_width": width}
             if placement != "none":
                 kwargs.update(args.model_kwargs, attention=placement, attention_impl=impl)
@@ -197,6 +205,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    help='extra create_model kwargs of the AA models, e.g. \'{"min_key_depth_per_head": 2}\' '
                         "(at narrow widths the default key depth, 20 per head, makes attention relatively wide)")
     p.add_argument("--skip-reference", action="store_true", help="only the plain and memory-efficient cases")
+    p.add_argument("--impls", nargs="+", default=None, choices=[i for i in IMPLS if i != "reference"],
+                   help="memory-efficient attention impls to compare (default: auto; on CUDA also triton)")
     p.add_argument("--repeats", type=int, default=1, help="rounds over all cases (best time kept)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "none"),
@@ -216,6 +226,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for key, on_gpu, on_cpu in (("batch", 128, 8), ("steps", 20, 5), ("warmup", 5, 2), ("threads", None, 1)):
         if getattr(args, key) is None:
             setattr(args, key, on_gpu if gpu else on_cpu)
+    if args.impls is None:
+        args.impls = ["auto"] + (["triton"] if gpu and HAS_TRITON else [])
     load = os.getloadavg()[0]
     print(f"device {device}; torch {torch.__version__}; {os.cpu_count()} CPUs, {args.threads or 'default'} "
           f"thread(s) per case; load average {load:.1f}; "

@@ -18,12 +18,12 @@ from aacn.cli import main
 from aacn.nn import AAConv2d
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from cuda_check import relative_errors  # noqa: E402
+from cuda_check import CUDA_IMPLS, relative_errors  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-@pytest.mark.parametrize("impl", ["auto", "sdpa", "chunked", "reference"])
+@pytest.mark.parametrize("impl", CUDA_IMPLS)
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 3e-2)])
 @pytest.mark.parametrize("shape", [(2, 8, 8, 8, 20, 20), (2, 4, 7, 5, 8, 12), (2, 8, 32, 32, 20, 2)])
 def test_cuda_attention_matches_float64_reference(impl, dtype, tol, shape):
@@ -60,3 +60,15 @@ def test_train_on_cuda_with_attention_and_compile(tiny_cifar10, tmp_path):
     assert rows[-1]["train_loss"] < rows[0]["train_loss"]
     info = json.loads((out / "config.json").read_text())["info"]
     assert info["amp"] == "bfloat16" and info["channels_last"] and info["device"].startswith("cuda")
+
+
+def test_train_on_cuda_with_the_triton_attention(tiny_cifar10, tmp_path):
+    pytest.importorskip("triton")
+    out = tmp_path / "run"
+    args = ["train", "--model", "wrn-10-2", "--attention", "paper", "--num-heads", "2", "--attention-impl", "triton",
+            "--min-key-depth-per-head", "4", "--epochs", "3", "--subset", "400", "--val-size", "100",
+            "--batch-size", "50", "--lr", "0.05", "--data-dir", str(tiny_cifar10), "--out", str(out),
+            "--device", "cuda", "--no-progress"]
+    assert main(args) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]

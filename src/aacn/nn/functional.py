@@ -21,15 +21,20 @@ A ``None`` table drops its term. Implementations (``impl``):
   flash kernel over chunks of (batch x head) pairs, keeping only the compact output and log-sum-exp for
   backward (:mod:`aacn.nn.flash_cpu`); memory ``O(B*Nh*HW*dvh)`` plus a bounded chunk.
 * ``"chunked"`` -- pure PyTorch, any device and dtype: blocks of queries, recomputed in backward.
+* ``"triton"`` -- one Triton kernel that adds the relative logits inside a flash-attention loop, from compact
+  ``(HW, H)`` / ``(HW, W)`` tables of ``q . r`` (:mod:`aacn.nn.triton_attention`): no folded or padded copies,
+  memory ``O(B*Nh*HW*(dkh + dvh + H + W))``. CUDA only (or ``TRITON_INTERPRET=1`` on CPU, for testing);
+  float16/bfloat16/float32. Never chosen by ``"auto"``: opt in with ``impl="triton"``.
 * ``"auto"`` -- ``"sdpa"`` where a fused kernel exists (CPU: float16/bfloat16/float32/float64; CUDA:
   float16/bfloat16/float32), otherwise ``"chunked"``; on CPU also ``"chunked"`` when all ``B*Nh*(HW)^2``
   logits fit in one block (:data:`~aacn.nn.relative_attention.CHUNK_ELEMENTS`, e.g. 8x8 grids at B=32,
   Nh=8), where plain attention is faster than the folded kernel and its memory is bounded anyway.
 
-FlexAttention is not used: it has no CPU backward and needs ``torch.compile`` to be memory-efficient, and the
-folded SDPA call already avoids ``(HW)^2`` on CUDA (cuDNN / memory-efficient / flash kernels). On an H100 every
-impl matched the float64 reference (float32: relative error <= 1e-6 in outputs and all five gradients;
-bfloat16: <= 1.4e-2).
+FlexAttention is not used: it has no CPU backward, needs ``torch.compile`` to be memory-efficient, and its
+gradients of captured bias tables use atomic adds; the Triton kernel gets those gradients as register sums.
+On an H100 the reference, sdpa, chunked and auto impls matched the float64 reference (float32: relative error
+<= 1e-6 in outputs and all five gradients; bfloat16: <= 1.4e-2); ``"triton"`` was written after that and has
+been checked only by Triton's CPU interpreter (float32/float16).
 
 Every implementation is exact (equal up to floating-point rounding), differentiable in ``q, k, v, rel_h,
 rel_w``, and keeps softmax statistics in float32 under bf16/fp16 autocast.
@@ -50,12 +55,16 @@ from aacn.nn.relative_attention import (
     reference_attention,
     sdpa_attention,
 )
+from aacn.nn.triton_attention import triton_attention
 
 __all__ = ["IMPLS", "relative_attention_2d", "relative_attention_probs", "resolve_impl"]
 
-IMPLS: tuple[str, ...] = ("auto", "reference", "sdpa", "chunked")
+IMPLS: tuple[str, ...] = ("auto", "reference", "sdpa", "chunked", "triton")
 
-_IMPL_FUNCS = {"reference": reference_attention, "sdpa": sdpa_attention, "chunked": chunked_attention}
+_IMPL_FUNCS = {
+    "reference": reference_attention, "sdpa": sdpa_attention, "chunked": chunked_attention,
+    "triton": triton_attention,
+}
 _SDPA_DTYPES = {
     "cpu": (torch.float16, torch.bfloat16, torch.float32, torch.float64),
     "cuda": (torch.float16, torch.bfloat16, torch.float32),
@@ -118,13 +127,15 @@ def relative_attention_2d(
         rel_h: ``r^H``, (2H-1, dkh) or None (no height-relative term).
         rel_w: ``r^W``, (2W-1, dkh) or None (no width-relative term).
         scale: logit scale ``s``; default ``dkh ** -0.5``.
-        impl: one of ``"auto"``, ``"reference"``, ``"sdpa"``, ``"chunked"`` (see the module docstring).
+        impl: one of ``"auto"``, ``"reference"``, ``"sdpa"``, ``"chunked"``, ``"triton"`` (see the module
+            docstring).
 
     Returns:
         (B, Nh, H, W, dvh): for each query pixel, the attention-weighted sum of the values.
 
     Raises:
-        ValueError: for shapes that disagree (naming the argument) or an unknown ``impl``.
+        ValueError: for shapes that disagree (naming the argument), an unknown ``impl``, or ``"triton"`` where it
+            cannot run (no triton package, not a CUDA tensor, float64).
     """
     _check_inputs(q, k, v, rel_h, rel_w)
     name = resolve_impl(impl, q)

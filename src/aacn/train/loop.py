@@ -32,6 +32,7 @@ from aacn.data.cifar import load_cifar
 from aacn.data.loader import DeviceLoader
 from aacn.errors import UserError
 from aacn.models import create_model
+from aacn.nn.triton_attention import triton_unavailable_reason
 from aacn.train import distributed
 from aacn.train.evaluate import autocast, count_parameters, evaluate, flops_per_image
 from aacn.train.progress import EpochProgress, describe_attention, format_epoch
@@ -178,6 +179,10 @@ def _run(config: RunConfig, ctx: distributed.Context, *, resume: bool, overwrite
         torch.backends.cudnn.benchmark = True
         torch.set_float32_matmul_precision("high")
     amp_dtype = distributed.autocast_dtype(config.amp, device)
+    if config.model_kwargs.get("attention_impl") == "triton" and info["attention_layers"]:
+        reason = triton_unavailable_reason(device, amp_dtype or torch.float32)
+        if reason:
+            raise UserError(f"--attention-impl triton {reason}; use --attention-impl auto", all_ranks=True)
 
     normalizer = Normalizer(config.normalize, data.train.images).to(device)
     train_loader = DeviceLoader(data.train, config.batch_size, device=device, normalizer=normalizer, train=True,

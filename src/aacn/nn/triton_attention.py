@@ -1,0 +1,174 @@
+"""Relative attention as one Triton kernel: the relative logits are added inside the attention (``impl="triton"``).
+
+The ``"sdpa"`` implementation folds the relative terms into ``H + W`` extra query/key columns and writes those
+folded, zero-padded tensors to GPU memory before a stock fused kernel runs (on a 32x32 grid with dkh = 20 they
+are 88 columns wide, 4.4x q). Here instead, per (batch, head) pair with ``N = H*W`` positions:
+
+* PyTorch computes the compact relative logits ``RH[i, x'] = q_i . r^H_(x'-x)`` (N x H) and
+  ``RW[i, y'] = q_i . r^W_(y'-y)`` (N x W) with two small einsums (autograd takes them back to q and the tables);
+* a flash-attention style kernel streams key blocks and adds ``RH[i, x'(j)] + RW[i, y'(j)]`` to each block of
+  ``q . k`` logits in registers: ``RH`` and ``RW`` rows are loaded once per query block, and the one-hot maps
+  from a key index ``j`` to its row ``x' = j // W`` and column ``y' = j % W`` are built in registers, never in
+  memory. Softmax statistics are float32; the output and the log-sum-exp are all that is saved;
+* the backward pass is two kernels in the style of FlashAttention-2: one per key block (gradients of k and v),
+  one per query block (gradients of q, ``RH`` and ``RW``). The relative-logit gradients are row sums of the
+  logit gradients over each key row / column, accumulated in registers of the query-block program: no atomics,
+  so the result is deterministic.
+
+Memory is ``O(B*Nh*HW*(dkh + dvh + H + W))``, nothing ``(HW)^2``-sized and no padded copies. The kernel needs
+CUDA tensors and the ``triton`` package (shipped with CUDA builds of PyTorch); with ``TRITON_INTERPRET=1`` Triton
+runs it on CPU tensors instead, slowly, which is how the test suite checks it without a GPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import sys
+
+import torch
+from torch import Tensor
+
+from aacn.nn.flash_cpu import rel_index
+from aacn.nn.relative_attention import compute_dtype
+
+# triton is optional (CUDA builds of PyTorch ship it, the CPU build does not) and imported on first use.
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+_LOG2E = 1.4426950408889634
+
+__all__ = ["HAS_TRITON", "triton_attention", "triton_unavailable_reason"]
+
+
+def _interpreting() -> bool:
+    """Whether the kernels run in Triton's CPU interpreter: ``TRITON_INTERPRET=1`` when they were first loaded."""
+    kernels = sys.modules.get("aacn.nn.triton_kernels")
+    if kernels is not None:
+        return kernels.INTERPRETED
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _kernels():
+    from aacn.nn import triton_kernels
+
+    return triton_kernels
+
+
+def triton_unavailable_reason(device: torch.device, dtype: torch.dtype) -> str | None:
+    """Why the Triton kernel cannot run on ``device`` in ``dtype``, as a phrase (None when it can)."""
+    if not HAS_TRITON:
+        return "needs the triton package (CUDA builds of PyTorch include it)"
+    if device.type != "cuda" and not _interpreting():
+        return (f"runs on CUDA devices only, not {device.type} (TRITON_INTERPRET=1 runs it slowly on the CPU, "
+                f"for debugging)")
+    if dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        return f"supports float16, bfloat16 and float32, not {str(dtype).removeprefix('torch.')}"
+    return None
+
+
+def _on_device(t: Tensor):
+    """Launch kernels on ``t``'s GPU (Triton uses the current CUDA device)."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
+def _pow2(n: int, least: int = 16) -> int:
+    """Smallest power of two >= max(n, least): Triton block shapes are powers of two, tl.dot needs >= 16."""
+    return max(least, 1 << max(0, n - 1).bit_length())
+
+
+def _strides(t: Tensor | None, placeholder: Tensor) -> tuple[int, ...]:
+    """Strides of ``t``, or of ``placeholder`` where ``t`` is absent (the kernel then never reads it)."""
+    return (t if t is not None else placeholder).stride()
+
+
+class _Launch:
+    """Shapes, strides and launch constants of one call, shared by the forward and backward kernels."""
+
+    def __init__(self, q: Tensor, v: Tensor, rh: Tensor | None, rw: Tensor | None, h: int, w: int):
+        self.b, self.nh, self.n, self.dk = q.shape
+        self.dv = v.shape[-1]
+        self.h, self.w = h, w
+        # 64x64 blocks for 16-bit inputs; float32 operands need twice the shared memory per element.
+        block = min(64 if q.dtype != torch.float32 else 32, _pow2(self.n))
+        self.block_m = self.block_n = block
+        self.meta = dict(
+            HAS_H=rh is not None, HAS_W=rw is not None,
+            PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+            BLOCK_M=block, BLOCK_N=block, DKP=_pow2(self.dk), DVP=_pow2(self.dv),
+            HP=_pow2(h), WP=_pow2(w), num_warps=4, num_stages=2,
+        )
+
+    def grid(self) -> tuple[int, int]:
+        return (-(-self.n // self.block_m), self.b * self.nh)
+
+    def sizes(self) -> tuple[int, ...]:
+        return (self.nh, self.n, self.h, self.w, self.dk, self.dv)
+
+
+class _RelativeAttentionTriton(torch.autograd.Function):
+    """``apply(q, k, v, rh, rw, scale, h, w)`` on (B, Nh, N, d) inputs -> (B, Nh, N, dvh); see the module doc."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, rh, rw, scale: float, h: int, w: int):  # type: ignore[override]
+        run = _Launch(q, v, rh, rw, h, w)
+        # (B, Nh, dvh, N) storage: the caller's (B, Nh*dvh, H, W) layout, so merging heads costs no copy.
+        out = torch.empty(run.b, run.nh, run.dv, run.n, dtype=q.dtype, device=q.device).transpose(-1, -2)
+        lse = torch.empty(run.b * run.nh, run.n, dtype=torch.float32, device=q.device)
+        with _on_device(q):
+            _kernels()._fwd_kernel[run.grid()](
+                q, k, v, rh if rh is not None else q, rw if rw is not None else q, out, lse,
+                *q.stride(), *k.stride(), *v.stride(), *_strides(rh, q), *_strides(rw, q), *out.stride(),
+                *run.sizes(), scale * _LOG2E, **run.meta,
+            )
+        ctx.save_for_backward(q, k, v, rh, rw, out, lse)
+        ctx.config = (scale, h, w)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):  # type: ignore[override]
+        q, k, v, rh, rw, out, lse = ctx.saved_tensors
+        scale, h, w = ctx.config
+        run = _Launch(q, v, rh, rw, h, w)
+        grad_out = grad_out.to(q.dtype)
+        delta = (grad_out.float() * out.float()).sum(-1).reshape(run.b * run.nh, run.n)
+        # Contiguous (B, Nh, N, ·) gradients (the kernels write them so); a placeholder pointer for absent terms.
+        dq, dk, dv = (torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (q, k, v))
+        drh, drw = (torch.empty(t.shape, dtype=t.dtype, device=t.device) if t is not None else dq for t in (rh, rw))
+        common = (
+            *q.stride(), *k.stride(), *v.stride(), *_strides(rh, q), *_strides(rw, q), *grad_out.stride(),
+            *run.sizes(), scale, scale * _LOG2E,
+        )
+        inputs = (q, k, v, rh if rh is not None else q, rw if rw is not None else q, grad_out, lse, delta)
+        with _on_device(q):
+            _kernels()._bwd_kv_kernel[run.grid()](*inputs, dk, dv, *common, **run.meta)
+            _kernels()._bwd_q_kernel[run.grid()](*inputs, dq, drh, drw, *common, **run.meta)
+        return dq, dk, dv, drh if rh is not None else None, drw if rw is not None else None, None, None, None
+
+
+def triton_attention(
+    q: Tensor, k: Tensor, v: Tensor, rel_h: Tensor | None, rel_w: Tensor | None, scale: float
+) -> Tensor:
+    """Exact attention with the relative logits added inside one Triton kernel; returns (B, Nh, H, W, dvh).
+
+    Inputs as in :func:`aacn.nn.functional.relative_attention_2d` (already validated). Runs in the autocast
+    dtype under autocast; raises ``ValueError`` (see :func:`triton_unavailable_reason`) where it cannot run.
+    The result is a view of a (B, Nh, dvh, H, W) tensor, so ``permute(0, 1, 4, 2, 3)`` of it is contiguous.
+    """
+    dtype = compute_dtype(q, k, v)
+    reason = triton_unavailable_reason(q.device, dtype)
+    if reason:
+        raise ValueError(f"impl='triton' {reason}; use impl='auto'")
+    b, nh, h, w, _ = q.shape
+    dvh = v.shape[-1]
+
+    rh = rw = None
+    if rel_h is not None:  # RH[b, n, x, y, x'] = q[b, n, x, y] . r^H_(x'-x)
+        rh = torch.einsum("bnxyd,xjd->bnxyj", q, rel_h.to(q.dtype)[rel_index(h, q.device)])
+        rh = rh.to(dtype).reshape(b, nh, h * w, h)
+    if rel_w is not None:  # RW[b, n, x, y, y'] = q[b, n, x, y] . r^W_(y'-y)
+        rw = torch.einsum("bnxyd,yjd->bnxyj", q, rel_w.to(q.dtype)[rel_index(w, q.device)])
+        rw = rw.to(dtype).reshape(b, nh, h * w, w)
+    flat = [t.to(dtype).reshape(b, nh, h * w, t.shape[-1]) for t in (q, k, v)]
+    out = _RelativeAttentionTriton.apply(*flat, rh, rw, float(scale), h, w)  # (B, Nh, N, dvh)
+    return out.transpose(-1, -2).reshape(b, nh, dvh, h, w).permute(0, 1, 3, 4, 2)
