@@ -98,21 +98,29 @@ def reference_attention(
 # -------------------------------------------------------------------------------------------------- sdpa
 
 
-def fold_relative(q: Tensor, k: Tensor, rel_h: Tensor | None, rel_w: Tensor | None) -> tuple[Tensor, Tensor]:
-    """Append the relative terms to queries and keys: returns ``(B, Nh, H, W, dkh + H + W)`` tensors
-    (fewer columns when a table is None) whose dot products equal ``q.k + q.r^H + q.r^W``."""
-    b, nh, h, w, _ = q.shape
-    q_parts, k_parts = [q], [k]
+def fold_relative(
+    q: Tensor, k: Tensor, rel_h: Tensor | None, rel_w: Tensor | None, depth: int | None = None,
+    dtype: torch.dtype | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Append the relative terms to queries and keys: returns contiguous ``(B, Nh, H, W, D)`` tensors whose dot
+    products equal ``q.k + q.r^H + q.r^W``, with ``D = dkh + H + W`` (fewer columns when a table is None), or
+    zero-padded to ``depth`` columns in the same single copy, in ``dtype`` (default: q's)."""
+    b, nh, h, w, d = q.shape
+    dtype = q.dtype if dtype is None else dtype
+    q_parts, k_parts = [q.to(dtype)], [k.to(dtype)]
     if rel_h is not None:
         table = rel_h.to(q.dtype)[rel_index(h, q.device)]  # (H, H', d): [x, x'] -> r^H_(x'-x)
-        q_parts.append(torch.einsum("bnxyd,xpd->bnxyp", q, table))
-        onehot = torch.eye(h, device=k.device, dtype=k.dtype).view(h, 1, h).expand(b, nh, h, w, h)
-        k_parts.append(onehot)
+        q_parts.append(torch.einsum("bnxyd,xpd->bnxyp", q, table).to(dtype))
+        k_parts.append(torch.eye(h, device=k.device, dtype=dtype).view(h, 1, h).expand(b, nh, h, w, h))
     if rel_w is not None:
         table = rel_w.to(q.dtype)[rel_index(w, q.device)]  # (W, W', d): [y, y'] -> r^W_(y'-y)
-        q_parts.append(torch.einsum("bnxyd,yqd->bnxyq", q, table))
-        onehot = torch.eye(w, device=k.device, dtype=k.dtype).view(1, w, w).expand(b, nh, h, w, w)
-        k_parts.append(onehot)
+        q_parts.append(torch.einsum("bnxyd,yqd->bnxyq", q, table).to(dtype))
+        k_parts.append(torch.eye(w, device=k.device, dtype=dtype).view(1, w, w).expand(b, nh, h, w, w))
+    used = d + h * (rel_h is not None) + w * (rel_w is not None)
+    if depth is not None and depth > used:  # zero columns change no logit; written by the same cat
+        zeros = q.new_zeros((), dtype=dtype).expand(b, nh, h, w, depth - used)
+        q_parts.append(zeros)
+        k_parts.append(zeros)
     return torch.cat(q_parts, dim=-1), torch.cat(k_parts, dim=-1)
 
 
@@ -127,9 +135,11 @@ def _folded_heads(
     value_depth: int,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Folded, zero-padded (B, Nh, HW, depth) query/key tensors and (B, Nh, HW, value_depth) values in
-    ``dtype`` for a fused kernel."""
-    qe, ke = fold_relative(q, k, rel_h, rel_w)
-    return _pad_depth(qe, depth, dtype), _pad_depth(ke, depth, dtype), _pad_depth(v, value_depth, dtype)
+    ``dtype`` for a fused kernel; each is written by one copy."""
+    b, nh, h, w, _ = q.shape
+    qe, ke = fold_relative(q, k, rel_h, rel_w, depth, dtype)
+    flat = (b, nh, h * w, depth)
+    return qe.view(flat), ke.view(flat), _pad_depth(v, value_depth, dtype)
 
 
 def _round8(n: int) -> int:
