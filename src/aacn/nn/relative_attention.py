@@ -163,7 +163,7 @@ def _sdpa_fused(q: Tensor, k: Tensor, v: Tensor, rel_h: Tensor | None, rel_w: Te
     qe, ke, ve = _folded_heads(q, k, v, rel_h, rel_w, compute_dtype(q, k, v), depth, value_depth)
     with sdpa_kernel(_FUSED_BACKENDS):
         out = F.scaled_dot_product_attention(qe, ke, ve, scale=scale)
-    return out[..., :dvh].reshape(b, nh, h, w, dvh)
+    return out[..., :dvh].unflatten(2, (h, w))  # a view: the caller merges the heads with one copy
 
 
 def sdpa_attention(
