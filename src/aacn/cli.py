@@ -96,7 +96,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--kappa", type=_fraction, help="dk / F_out (default 0.2)")
     model.add_argument("--upsilon", type=_fraction, help="dv / F_out (default 0.1)")
     model.add_argument("--min-key-depth-per-head", type=_positive_int, help="default 20")
-    model.add_argument("--attention-impl", help="auto | reference | sdpa | ... (default auto)")
+    model.add_argument("--attention-impl", help="auto | reference | sdpa | chunked | triton (CUDA) (default auto)")
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
