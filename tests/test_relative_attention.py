@@ -248,3 +248,13 @@ def test_bad_impl_and_queries():
         AF.relative_attention_2d(**args, impl="flash")
     with pytest.raises(ValueError, match=r"queries: .*got \(3, 0\)"):
         AF.relative_attention_probs(args["q"], args["k"], queries=[(0, 0), (3, 0)])
+
+
+@pytest.mark.parametrize("impl", ["reference", "sdpa", "chunked", "auto"])
+def test_an_empty_batch_gives_an_empty_output_and_zero_gradients(impl):
+    (q, k, v, rel_h, rel_w), _ = _inputs(4, 3, b=0)
+    out = AF.relative_attention_2d(q, k, v, rel_h, rel_w, impl=impl)
+    assert out.shape == (0, 2, 4, 3, 5)
+    grads = torch.autograd.grad(out.sum(), [q, k, v, rel_h, rel_w])
+    assert [g.shape for g in grads] == [t.shape for t in (q, k, v, rel_h, rel_w)]
+    assert all(not g.any() for g in grads)
