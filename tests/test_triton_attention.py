@@ -129,9 +129,11 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from aacn.nn import triton_kernels as K
 
-meta = dict(HAS_H=True, HAS_W=True, PRECISION="tf32", BLOCK_M=64, BLOCK_N=64, DKP=32, DVP=16, HP=32, WP=32)
 pointers = {"Q", "K", "V", "RH", "RW", "O", "DO", "DK_OUT", "DV_OUT", "DQ_OUT", "DRH_OUT", "DRW_OUT"}
-for name in ("_fwd_kernel", "_bwd_kv_kernel", "_bwd_q_kernel"):
+# a 32x32 grid (key blocks are grid rows) and a 7x7 grid (one-hot products), as impl="triton" launches them
+variants = [dict(ROWS=True, BLOCK_N=32, HP=32, WP=32), dict(ROWS=False, BLOCK_N=64, HP=16, WP=16)]
+for name, variant in [(n, v) for v in variants for n in ("_fwd_kernel", "_bwd_kv_kernel", "_bwd_q_kernel")]:
+    meta = dict(HAS_H=True, HAS_W=True, PRECISION="tf32", BLOCK_M=64, DKP=32, DVP=16, **variant)
     fn = getattr(K, name)
     signature = {}
     for arg in fn.arg_names:
@@ -152,7 +154,8 @@ for name in ("_fwd_kernel", "_bwd_kv_kernel", "_bwd_q_kernel"):
 
 
 def test_kernels_compile_for_a_gpu_without_one():
-    """Triton's front end and NVIDIA back end (its bundled ptxas) compile all three kernels for sm_80 in bf16.
+    """Triton's front end and NVIDIA back end (its bundled ptxas) compile all three kernels for sm_80 in bf16,
+    with key blocks of one grid row and with one-hot products.
 
     A fresh process without TRITON_INTERPRET, so the kernels load as compilable JIT functions.
     """
@@ -166,4 +169,4 @@ def test_kernels_compile_for_a_gpu_without_one():
                           timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split() == ["compiled", "_fwd_kernel", "compiled", "_bwd_kv_kernel", "compiled",
-                                   "_bwd_q_kernel"]
+                                   "_bwd_q_kernel"] * 2

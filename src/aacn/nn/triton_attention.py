@@ -88,18 +88,22 @@ class _Launch:
         self.b, self.nh, self.n, self.dk = q.shape
         self.dv = v.shape[-1]
         self.h, self.w = h, w
-        # 64x64 blocks for 16-bit inputs; float32 operands need twice the shared memory per element.
-        block = min(64 if q.dtype != torch.float32 else 32, _pow2(self.n))
-        self.block_m = self.block_n = block
+        # 64-query blocks for 16-bit inputs; float32 operands need twice the shared memory per element.
+        self.block_m = min(64 if q.dtype != torch.float32 else 32, _pow2(self.n))
+        # Key blocks of one grid row where the row length allows (a power of two, 16..128): the relative terms
+        # then need no products with one-hot maps (see triton_kernels._logits).
+        rows = w & (w - 1) == 0 and 16 <= w <= 128
+        self.block_n = w if rows else self.block_m
         self.meta = dict(
-            HAS_H=rh is not None, HAS_W=rw is not None,
+            HAS_H=rh is not None, HAS_W=rw is not None, ROWS=rows,
             PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-            BLOCK_M=block, BLOCK_N=block, DKP=_pow2(self.dk), DVP=_pow2(self.dv),
+            BLOCK_M=self.block_m, BLOCK_N=self.block_n, DKP=_pow2(self.dk), DVP=_pow2(self.dv),
             HP=_pow2(h), WP=_pow2(w), num_warps=4, num_stages=2,
         )
 
-    def grid(self) -> tuple[int, int]:
-        return (-(-self.n // self.block_m), self.b * self.nh)
+    def grid(self, block: int) -> tuple[int, int]:
+        """Programs: one per block of ``block`` positions (queries or keys) of each (batch, head) pair."""
+        return (-(-self.n // block), self.b * self.nh)
 
     def sizes(self) -> tuple[int, ...]:
         return (self.nh, self.n, self.h, self.w, self.dk, self.dv)
@@ -115,7 +119,7 @@ class _RelativeAttentionTriton(torch.autograd.Function):
         out = torch.empty(run.b, run.nh, run.dv, run.n, dtype=q.dtype, device=q.device).transpose(-1, -2)
         lse = torch.empty(run.b * run.nh, run.n, dtype=torch.float32, device=q.device)
         with _on_device(q):
-            _kernels()._fwd_kernel[run.grid()](
+            _kernels()._fwd_kernel[run.grid(run.block_m)](
                 q, k, v, rh if rh is not None else q, rw if rw is not None else q, out, lse,
                 *q.stride(), *k.stride(), *v.stride(), *_strides(rh, q), *_strides(rw, q), *out.stride(),
                 *run.sizes(), scale * _LOG2E, **run.meta,
@@ -141,8 +145,8 @@ class _RelativeAttentionTriton(torch.autograd.Function):
         )
         inputs = (q, k, v, rh if rh is not None else q, rw if rw is not None else q, grad_out, lse, delta)
         with _on_device(q):
-            _kernels()._bwd_kv_kernel[run.grid()](*inputs, dk, dv, *common, **run.meta)
-            _kernels()._bwd_q_kernel[run.grid()](*inputs, dq, drh, drw, *common, **run.meta)
+            _kernels()._bwd_kv_kernel[run.grid(run.block_n)](*inputs, dk, dv, *common, **run.meta)
+            _kernels()._bwd_q_kernel[run.grid(run.block_m)](*inputs, dq, drh, drw, *common, **run.meta)
         return dq, dk, dv, drh if rh is not None else None, drw if rw is not None else None, None, None, None
 
 

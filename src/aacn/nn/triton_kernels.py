@@ -51,26 +51,42 @@ def _col_onehot(offs_n, W, offs_w, like):
 
 
 @triton.jit
-def _logits(q, k, rh, rw, offs_n, W, offs_h, offs_w,
-            HAS_H: tl.constexpr, HAS_W: tl.constexpr, PRECISION: tl.constexpr):
-    """(BLOCK_M, BLOCK_N) unscaled logits q.k + RH[:, j // W] + RW[:, j % W] of one query and key block."""
+def _logits(q, k, rh, rw, RH, offs_m, mask_m, sh_p, sh_j, start, offs_n, W, offs_h, offs_w,
+            HAS_H: tl.constexpr, HAS_W: tl.constexpr, ROWS: tl.constexpr, PRECISION: tl.constexpr):
+    """(BLOCK_M, BLOCK_N) unscaled logits q.k + RH[:, j // W] + RW[:, j % W] of the key block at ``start``.
+
+    ``ROWS``: the key block is exactly grid row ``x' = start // W`` (``BLOCK_N == W``), so the RH term is one
+    column of RH (loaded here) and the RW term is the query block's RW rows as they are: no products at all.
+    Otherwise both terms are products with one-hot maps of the keys' rows and columns.
+    """
     s = tl.dot(q, tl.trans(k), input_precision=PRECISION)
-    if HAS_H:
-        s += tl.dot(rh, tl.trans(_row_onehot(offs_n, W, offs_h, rh)), input_precision=PRECISION)
-    if HAS_W:
-        s += tl.dot(rw, tl.trans(_col_onehot(offs_n, W, offs_w, rw)), input_precision=PRECISION)
+    if ROWS:
+        if HAS_H:
+            col = tl.load(RH + offs_m * sh_p + (start // W) * sh_j, mask=mask_m, other=0.0)
+            s += col.to(tl.float32)[:, None]
+        if HAS_W:
+            s += rw.to(tl.float32)
+    else:
+        if HAS_H:
+            s += tl.dot(rh, tl.trans(_row_onehot(offs_n, W, offs_h, rh)), input_precision=PRECISION)
+        if HAS_W:
+            s += tl.dot(rw, tl.trans(_col_onehot(offs_n, W, offs_w, rw)), input_precision=PRECISION)
     return s
 
 
 @triton.jit
 def _query_rows(Q, RH, RW, offs_m, mask_m, H, W, DK, sq_p, sq_d, sh_p, sh_j, sw_p, sw_j, offs_dk, offs_h, offs_w,
-                HAS_H: tl.constexpr, HAS_W: tl.constexpr):
-    """One block of queries and their RH / RW rows (q itself stands in for an absent table; never read)."""
+                HAS_H: tl.constexpr, HAS_W: tl.constexpr, ROWS: tl.constexpr):
+    """One block of queries and their RH / RW rows (q stands in for a table not needed here; never read).
+
+    With ``ROWS`` the RH term is read one column per key block instead (see :func:`_logits`).
+    """
     q = _load_rows(Q, offs_m, mask_m, sq_p, offs_dk, DK, sq_d)
     rh = q
     rw = q
     if HAS_H:
-        rh = _load_rows(RH, offs_m, mask_m, sh_p, offs_h, H, sh_j)
+        if not ROWS:
+            rh = _load_rows(RH, offs_m, mask_m, sh_p, offs_h, H, sh_j)
     if HAS_W:
         rw = _load_rows(RW, offs_m, mask_m, sw_p, offs_w, W, sw_j)
     return q, rh, rw
@@ -82,7 +98,7 @@ def _fwd_kernel(
     sq_b, sq_n, sq_p, sq_d, sk_b, sk_n, sk_p, sk_d, sv_b, sv_n, sv_p, sv_d,
     sh_b, sh_n, sh_p, sh_j, sw_b, sw_n, sw_p, sw_j, so_b, so_n, so_p, so_d,
     NH, N, H, W, DK, DV, qk_scale,
-    HAS_H: tl.constexpr, HAS_W: tl.constexpr, PRECISION: tl.constexpr,
+    HAS_H: tl.constexpr, HAS_W: tl.constexpr, ROWS: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DKP: tl.constexpr, DVP: tl.constexpr,
     HP: tl.constexpr, WP: tl.constexpr,
 ):
@@ -94,9 +110,9 @@ def _fwd_kernel(
     offs_h, offs_w = tl.arange(0, HP), tl.arange(0, WP)
     K = _head(K, pair, NH, sk_b, sk_n)
     V = _head(V, pair, NH, sv_b, sv_n)
-    q, rh, rw = _query_rows(_head(Q, pair, NH, sq_b, sq_n), _head(RH, pair, NH, sh_b, sh_n),
-                            _head(RW, pair, NH, sw_b, sw_n), offs_m, mask_m, H, W, DK, sq_p, sq_d, sh_p, sh_j,
-                            sw_p, sw_j, offs_dk, offs_h, offs_w, HAS_H, HAS_W)
+    RH = _head(RH, pair, NH, sh_b, sh_n)
+    q, rh, rw = _query_rows(_head(Q, pair, NH, sq_b, sq_n), RH, _head(RW, pair, NH, sw_b, sw_n), offs_m, mask_m,
+                            H, W, DK, sq_p, sq_d, sh_p, sh_j, sw_p, sw_j, offs_dk, offs_h, offs_w, HAS_H, HAS_W, ROWS)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, DVP], tl.float32)
@@ -105,7 +121,8 @@ def _fwd_kernel(
         mask_n = offs_n < N
         k = _load_rows(K, offs_n, mask_n, sk_p, offs_dk, DK, sk_d)
         v = _load_rows(V, offs_n, mask_n, sv_p, offs_dv, DV, sv_d)
-        s = _logits(q, k, rh, rw, offs_n, W, offs_h, offs_w, HAS_H, HAS_W, PRECISION) * qk_scale
+        s = _logits(q, k, rh, rw, RH, offs_m, mask_m, sh_p, sh_j, start, offs_n, W, offs_h, offs_w,
+                    HAS_H, HAS_W, ROWS, PRECISION) * qk_scale
         s = tl.where(mask_n[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         alpha = tl.exp2(m_i - m_new)
@@ -120,10 +137,12 @@ def _fwd_kernel(
 
 
 @triton.jit
-def _probs_and_dlogits(q, k, v, rh, rw, do, lse, delta, offs_n, mask_m, mask_n, W, offs_h, offs_w, qk_scale,
-                       HAS_H: tl.constexpr, HAS_W: tl.constexpr, PRECISION: tl.constexpr):
+def _probs_and_dlogits(q, k, v, rh, rw, RH, do, lse, delta, offs_m, offs_n, mask_m, mask_n, sh_p, sh_j, start, W,
+                       offs_h, offs_w, qk_scale,
+                       HAS_H: tl.constexpr, HAS_W: tl.constexpr, ROWS: tl.constexpr, PRECISION: tl.constexpr):
     """Recomputed probabilities P and the unscaled logit gradients dS = P * (dO.v - delta) of one block pair."""
-    s = _logits(q, k, rh, rw, offs_n, W, offs_h, offs_w, HAS_H, HAS_W, PRECISION) * qk_scale
+    s = _logits(q, k, rh, rw, RH, offs_m, mask_m, sh_p, sh_j, start, offs_n, W, offs_h, offs_w,
+                HAS_H, HAS_W, ROWS, PRECISION) * qk_scale
     p = tl.where(mask_m[:, None] & mask_n[None, :], tl.exp2(s - lse[:, None]), 0.0)
     dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
     return p, p * (dp - delta[:, None])
@@ -135,7 +154,7 @@ def _bwd_kv_kernel(
     sq_b, sq_n, sq_p, sq_d, sk_b, sk_n, sk_p, sk_d, sv_b, sv_n, sv_p, sv_d,
     sh_b, sh_n, sh_p, sh_j, sw_b, sw_n, sw_p, sw_j, sg_b, sg_n, sg_p, sg_d,
     NH, N, H, W, DK, DV, scale, qk_scale,
-    HAS_H: tl.constexpr, HAS_W: tl.constexpr, PRECISION: tl.constexpr,
+    HAS_H: tl.constexpr, HAS_W: tl.constexpr, ROWS: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DKP: tl.constexpr, DVP: tl.constexpr,
     HP: tl.constexpr, WP: tl.constexpr,
 ):
@@ -152,16 +171,17 @@ def _bwd_kv_kernel(
     v = _load_rows(_head(V, pair, NH, sv_b, sv_n), offs_n, mask_n, sv_p, offs_dv, DV, sv_d)
     dk = tl.zeros([BLOCK_N, DKP], tl.float32)
     dv = tl.zeros([BLOCK_N, DVP], tl.float32)
+    key_start = pid_n * BLOCK_N
     for start in range(0, N, BLOCK_M):
         offs_m = start + tl.arange(0, BLOCK_M)
         mask_m = offs_m < N
         q, rh, rw = _query_rows(Q, RH, RW, offs_m, mask_m, H, W, DK, sq_p, sq_d, sh_p, sh_j, sw_p, sw_j, offs_dk,
-                                offs_h, offs_w, HAS_H, HAS_W)
+                                offs_h, offs_w, HAS_H, HAS_W, ROWS)
         do = _load_rows(DO, offs_m, mask_m, sg_p, offs_dv, DV, sg_d)
         lse = tl.load(LSE + row0 + offs_m, mask=mask_m, other=float("inf"))
         delta = tl.load(DELTA + row0 + offs_m, mask=mask_m, other=0.0)
-        p, ds = _probs_and_dlogits(q, k, v, rh, rw, do, lse, delta, offs_n, mask_m, mask_n, W, offs_h, offs_w,
-                                   qk_scale, HAS_H, HAS_W, PRECISION)
+        p, ds = _probs_and_dlogits(q, k, v, rh, rw, RH, do, lse, delta, offs_m, offs_n, mask_m, mask_n, sh_p,
+                                   sh_j, key_start, W, offs_h, offs_w, qk_scale, HAS_H, HAS_W, ROWS, PRECISION)
         dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
         dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)
     _store_rows(DK_OUT + row0 * DK, dk * scale, offs_n, mask_n, offs_dk, DK)
@@ -174,7 +194,7 @@ def _bwd_q_kernel(
     sq_b, sq_n, sq_p, sq_d, sk_b, sk_n, sk_p, sk_d, sv_b, sv_n, sv_p, sv_d,
     sh_b, sh_n, sh_p, sh_j, sw_b, sw_n, sw_p, sw_j, sg_b, sg_n, sg_p, sg_d,
     NH, N, H, W, DK, DV, scale, qk_scale,
-    HAS_H: tl.constexpr, HAS_W: tl.constexpr, PRECISION: tl.constexpr,
+    HAS_H: tl.constexpr, HAS_W: tl.constexpr, ROWS: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DKP: tl.constexpr, DVP: tl.constexpr,
     HP: tl.constexpr, WP: tl.constexpr,
 ):
@@ -189,10 +209,10 @@ def _bwd_q_kernel(
     offs_dk, offs_dv = tl.arange(0, DKP), tl.arange(0, DVP)
     offs_h, offs_w = tl.arange(0, HP), tl.arange(0, WP)
     K, V = _head(K, pair, NH, sk_b, sk_n), _head(V, pair, NH, sv_b, sv_n)
+    RH = _head(RH, pair, NH, sh_b, sh_n)
     row0 = pair.to(tl.int64) * N
-    q, rh, rw = _query_rows(_head(Q, pair, NH, sq_b, sq_n), _head(RH, pair, NH, sh_b, sh_n),
-                            _head(RW, pair, NH, sw_b, sw_n), offs_m, mask_m, H, W, DK, sq_p, sq_d, sh_p, sh_j,
-                            sw_p, sw_j, offs_dk, offs_h, offs_w, HAS_H, HAS_W)
+    q, rh, rw = _query_rows(_head(Q, pair, NH, sq_b, sq_n), RH, _head(RW, pair, NH, sw_b, sw_n), offs_m, mask_m,
+                            H, W, DK, sq_p, sq_d, sh_p, sh_j, sw_p, sw_j, offs_dk, offs_h, offs_w, HAS_H, HAS_W, ROWS)
     do = _load_rows(_head(DO, pair, NH, sg_b, sg_n), offs_m, mask_m, sg_p, offs_dv, DV, sg_d)
     lse = tl.load(LSE + row0 + offs_m, mask=mask_m, other=float("inf"))
     delta = tl.load(DELTA + row0 + offs_m, mask=mask_m, other=0.0)
@@ -204,15 +224,23 @@ def _bwd_q_kernel(
         mask_n = offs_n < N
         k = _load_rows(K, offs_n, mask_n, sk_p, offs_dk, DK, sk_d)
         v = _load_rows(V, offs_n, mask_n, sv_p, offs_dv, DV, sv_d)
-        _, ds = _probs_and_dlogits(q, k, v, rh, rw, do, lse, delta, offs_n, mask_m, mask_n, W, offs_h, offs_w,
-                                   qk_scale, HAS_H, HAS_W, PRECISION)
+        _, ds = _probs_and_dlogits(q, k, v, rh, rw, RH, do, lse, delta, offs_m, offs_n, mask_m, mask_n, sh_p,
+                                   sh_j, start, W, offs_h, offs_w, qk_scale, HAS_H, HAS_W, ROWS, PRECISION)
         dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
-        if HAS_H:
-            drh += tl.dot(ds.to(rh.dtype), _row_onehot(offs_n, W, offs_h, rh), input_precision=PRECISION)
-        if HAS_W:
-            drw += tl.dot(ds.to(rw.dtype), _col_onehot(offs_n, W, offs_w, rw), input_precision=PRECISION)
+        if ROWS:  # this key block is grid row start // W: its dRH column is complete, and dRW is dS itself
+            if HAS_H:
+                tl.store(DRH_OUT + (row0 + offs_m) * H + start // W,
+                         (tl.sum(ds, 1) * scale).to(DRH_OUT.dtype.element_ty), mask=mask_m)
+            if HAS_W:
+                drw += ds
+        else:
+            if HAS_H:
+                drh += tl.dot(ds.to(rh.dtype), _row_onehot(offs_n, W, offs_h, rh), input_precision=PRECISION)
+            if HAS_W:
+                drw += tl.dot(ds.to(rw.dtype), _col_onehot(offs_n, W, offs_w, rw), input_precision=PRECISION)
     _store_rows(DQ_OUT + row0 * DK, dq * scale, offs_m, mask_m, offs_dk, DK)
     if HAS_H:
-        _store_rows(DRH_OUT + row0 * H, drh * scale, offs_m, mask_m, offs_h, H)
+        if not ROWS:
+            _store_rows(DRH_OUT + row0 * H, drh * scale, offs_m, mask_m, offs_h, H)
     if HAS_W:
         _store_rows(DRW_OUT + row0 * W, drw * scale, offs_m, mask_m, offs_w, W)
