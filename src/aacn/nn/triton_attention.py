@@ -7,9 +7,11 @@ are 88 columns wide, 4.4x q). Here instead, per (batch, head) pair with ``N = H*
 * PyTorch computes the compact relative logits ``RH[i, x'] = q_i . r^H_(x'-x)`` (N x H) and
   ``RW[i, y'] = q_i . r^W_(y'-y)`` (N x W) with two small einsums (autograd takes them back to q and the tables);
 * a flash-attention style kernel streams key blocks and adds ``RH[i, x'(j)] + RW[i, y'(j)]`` to each block of
-  ``q . k`` logits in registers: ``RH`` and ``RW`` rows are loaded once per query block, and the one-hot maps
-  from a key index ``j`` to its row ``x' = j // W`` and column ``y' = j % W`` are built in registers, never in
-  memory. Softmax statistics are float32; the output and the log-sum-exp are all that is saved;
+  ``q . k`` logits in registers. Where ``W`` is a power of two from 16 to 128, a key block is exactly one grid
+  row ``x'``: the terms are then one column of ``RH`` plus the query block's ``RW`` rows, no products at all.
+  Otherwise they are products with one-hot maps from a key index ``j`` to its row ``x' = j // W`` and column
+  ``y' = j % W``, built in registers, never in memory. Softmax statistics are float32; the output and the
+  log-sum-exp are all that is saved;
 * the backward pass is two kernels in the style of FlashAttention-2: one per key block (gradients of k and v),
   one per query block (gradients of q, ``RH`` and ``RW``). The relative-logit gradients are row sums of the
   logit gradients over each key row / column, accumulated in registers of the query-block program: no atomics,
