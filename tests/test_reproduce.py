@@ -49,6 +49,14 @@ def test_table2_placement_and_no_relative_row(placement):
     assert all(cfg.augment for _, cfg in preset("table2", "full", placement=placement))
 
 
+def test_attention_impl_goes_to_the_attention_rows_only():
+    runs = preset("table2", "fast", attention_impl="chunked")
+    assert [cfg.model_kwargs.get("attention_impl") for _, cfg in runs] == [None, "chunked", None, "chunked", "chunked"]
+    assert [label for label, _ in runs] == [label for label, _ in preset("table2", "fast")]  # same rows
+    with pytest.raises(ValueError, match="unknown attention impl 'flash'"):
+        preset("table2", attention_impl="flash")
+
+
 @pytest.mark.parametrize("table", TABLES)
 @pytest.mark.parametrize("scale", SCALES)
 def test_every_preset_run_is_valid(table, scale):
@@ -106,7 +114,7 @@ def test_cli_bad_input_exits_2(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--placement applies to table2 only" in err[0]
     for argv in (["reproduce", "table9"], ["reproduce", "table1", "--scale", "huge"],
-                 ["reproduce", "table1", "--seeds", "0"]):
+                 ["reproduce", "table1", "--seeds", "0"], ["reproduce", "table2", "--attention-impl", "flash"]):
         with pytest.raises(SystemExit) as exit_:
             main(argv)
         assert exit_.value.code == 2

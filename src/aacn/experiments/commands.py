@@ -35,7 +35,7 @@ def _reproduce(args: argparse.Namespace) -> int:
     overrides = {"data_dir": args.data_dir, "device": args.device, "amp": args.amp, "progress": args.progress,
                  "compile": compile_default(args.compile, args.scale, args.device)}
     result = reproduce(args.table, scale=args.scale, seeds=args.seeds, placement=args.placement or "seed",
-                       out=args.out, **overrides)
+                       attention_impl=args.attention_impl, out=args.out, **overrides)
     print()
     print(result.markdown)
     print(f"\nreport: {', '.join(str(p) for p in result.files)}")
@@ -106,6 +106,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     from aacn.cli import add_train_arguments
     from aacn.config import AMP_MODES
     from aacn.experiments.presets import SCALES, TABLES
+    from aacn.nn.functional import IMPLS
 
     p = subparsers.add_parser(
         "reproduce", help="train and report table1 | table2 | paper-cifar100",
@@ -119,6 +120,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=_positive_int, default=1, help="runs per row, seeds 0..N-1 (default 1)")
     p.add_argument("--placement", choices=("seed", "paper"),
                    help="table2 only: the replication's single attention layer (seed, default) or the paper's")
+    p.add_argument("--attention-impl", choices=IMPLS,
+                   help="attention implementation of the attention rows (default auto; triton: CUDA only)")
     p.add_argument("--out", help="folder of the runs and the report (default runs/<table>[-<placement>]-<scale>)")
     p.add_argument("--data-dir", help="where CIFAR lives or is downloaded (default $AACN_DATA, else a cache)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")

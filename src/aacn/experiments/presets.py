@@ -44,6 +44,7 @@ from typing import Any
 
 from aacn.config import RunConfig
 from aacn.experiments.report import run_label
+from aacn.nn.functional import IMPLS
 
 __all__ = ["TABLES", "SCALES", "PLACEMENTS", "FAST_EPOCHS", "SMOKE", "preset", "scale_settings", "run_slug"]
 
@@ -133,16 +134,20 @@ def _scaled(row: dict[str, Any], table: str, scale: str) -> RunConfig:
 
 
 def preset(
-    table: str, scale: str = "smoke", *, seeds: int = 1, placement: str = "seed", **overrides: Any
+    table: str, scale: str = "smoke", *, seeds: int = 1, placement: str = "seed", attention_impl: str | None = None,
+    **overrides: Any,
 ) -> list[tuple[str, RunConfig]]:
     """The runs of one table: ``(row label, config)`` for every row and seed ``0..seeds-1``.
 
     Runs are ordered seed by seed (all rows of seed 0, then of seed 1, ...), so an interrupted reproduction
-    already holds a complete table. ``overrides`` set other :class:`RunConfig` fields on every run (e.g.
-    ``data_dir``, ``device``, ``progress``); ``out`` is left for the caller.
+    already holds a complete table. ``attention_impl`` (one of :data:`aacn.nn.functional.IMPLS`) sets how the
+    attention rows compute their attention (same results, other speed and memory); ``overrides`` set other
+    :class:`RunConfig` fields on every run (e.g. ``data_dir``, ``device``, ``progress``); ``out`` is left for
+    the caller.
 
     Raises:
-        ValueError: unknown table, scale or placement, ``seeds < 1``, or an override that is no config field.
+        ValueError: unknown table, scale, placement or attention impl, ``seeds < 1``, or an override that is
+            no config field.
     """
     if table not in TABLES:
         raise ValueError(f"unknown table {table!r}; choose one of {', '.join(TABLES)}")
@@ -156,7 +161,15 @@ def preset(
     unknown = sorted(set(overrides) - fields)
     if unknown:
         raise ValueError(f"unknown RunConfig field(s) {unknown}; valid: {sorted(fields)}")
+    if attention_impl is not None and attention_impl not in IMPLS:
+        raise ValueError(f"unknown attention impl {attention_impl!r}; choose one of {', '.join(IMPLS)}")
     configs = [_scaled(row, table, scale) for row in _rows(table, placement)]
+    if attention_impl is not None:
+        configs = [
+            dataclasses.replace(cfg, model_kwargs={**cfg.model_kwargs, "attention_impl": attention_impl})
+            if cfg.model_kwargs.get("attention", "none") != "none" else cfg
+            for cfg in configs
+        ]
     return [
         (run_label(cfg.to_dict()), dataclasses.replace(cfg, seed=seed, **overrides))
         for seed in range(seeds)

@@ -53,6 +53,7 @@ def reproduce(
     scale: str = "smoke",
     seeds: int = 1,
     placement: str = "seed",
+    attention_impl: str | None = None,
     out: str | os.PathLike | None = None,
     log: Any = print,
     **overrides: Any,
@@ -64,6 +65,7 @@ def reproduce(
         scale: ``"smoke"``, ``"fast"`` or ``"full"``.
         seeds: runs per row (seeds ``0..seeds-1``).
         placement: Table 2's attention placement, ``"seed"`` or ``"paper"``.
+        attention_impl: how the attention rows compute attention (default: each model's ``"auto"``).
         out: folder of the runs and the report; default :func:`default_out`.
         log: where progress lines go.
         **overrides: other :class:`RunConfig` fields for every run (``data_dir``, ``device``, ``amp``, ...).
@@ -72,7 +74,7 @@ def reproduce(
         The report (also written to ``out/report.md``, ``report.csv``, ``learning_curves.png``).
     """
     out_dir = Path(out) if out is not None else default_out(table, scale, placement)
-    runs = preset(table, scale, seeds=seeds, placement=placement, **overrides)
+    runs = preset(table, scale, seeds=seeds, placement=placement, attention_impl=attention_impl, **overrides)
     run_dirs = []
     start = time.perf_counter()
     for i, (label, config) in enumerate(runs, 1):
