@@ -7,6 +7,7 @@ launching kernels, not by the GPU.
 
     python benchmarks/profile_step.py --device cuda
     python benchmarks/profile_step.py --device cuda --models wrn-28-10 --attention paper --batch 256
+    python benchmarks/profile_step.py --device cuda --attention none paper --impls auto triton
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from aacn.models import create_model
+from aacn.nn.functional import IMPLS
 
 
-def profile_model(name: str, attention: str, batch: int, device: torch.device, rows: int) -> None:
-    kwargs = {} if attention == "none" else {"attention": attention}
+def profile_model(name: str, attention: str, impl: str, batch: int, device: torch.device, rows: int) -> None:
+    kwargs = {} if attention == "none" else {"attention": attention, "attention_impl": impl}
     cuda = device.type == "cuda"
     model = create_model(name, num_classes=10, **kwargs).to(device)
     if cuda:
@@ -60,7 +62,8 @@ def profile_model(name: str, attention: str, batch: int, device: torch.device, r
     sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
     gpu = sum(e.self_device_time_total for e in table if e.device_type == torch.autograd.DeviceType.CUDA)
     gpu_note = f", GPU kernel time {gpu / 3 / 1e3:.1f} ms/step" if cuda else ""
-    print(f"\n== {name}, attention {attention}, batch {batch}: wall {wall:.1f} ms/step{gpu_note}")
+    impl_note = "" if attention == "none" else f" ({impl})"
+    print(f"\n== {name}, attention {attention}{impl_note}, batch {batch}: wall {wall:.1f} ms/step{gpu_note}")
     print(table.table(sort_by=sort, row_limit=rows, max_name_column_width=60))
 
 
@@ -68,6 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=["wrn-28-10"])
     p.add_argument("--attention", nargs="+", default=["none", "paper"], help="placements to profile")
+    p.add_argument("--impls", nargs="+", default=["auto"], choices=IMPLS, help="attention impls to profile")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--rows", type=int, default=18, help="ops to list per model")
@@ -75,7 +79,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.backends.cudnn.benchmark = True
     for name in args.models:
         for attention in args.attention:
-            profile_model(name, attention, args.batch, torch.device(args.device), args.rows)
+            for impl in args.impls if attention != "none" else ["auto"]:
+                profile_model(name, attention, impl, args.batch, torch.device(args.device), args.rows)
 
 
 if __name__ == "__main__":
