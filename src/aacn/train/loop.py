@@ -149,6 +149,13 @@ def _run(config: RunConfig, ctx: distributed.Context, *, resume: bool, overwrite
             f"{ctx.world_size}; pick a multiple of {ctx.world_size}", all_ranks=True
         )
 
+    kwargs = config.model_kwargs
+    if kwargs.get("attention_impl") == "triton" and kwargs.get("attention") not in (None, "none"):
+        amp_dtype = distributed.autocast_dtype(config.amp, ctx.device)
+        reason = triton_unavailable_reason(ctx.device, amp_dtype or torch.float32)
+        if reason:
+            raise UserError(f"--attention-impl triton {reason}; use --attention-impl auto", all_ranks=True)
+
     # ------------------------------------------------------------------------------------------ data
     if ctx.is_main:
         data = load_cifar(config.dataset, config.data_dir, val_size=config.val_size,
@@ -179,10 +186,6 @@ def _run(config: RunConfig, ctx: distributed.Context, *, resume: bool, overwrite
         torch.backends.cudnn.benchmark = True
         torch.set_float32_matmul_precision("high")
     amp_dtype = distributed.autocast_dtype(config.amp, device)
-    if config.model_kwargs.get("attention_impl") == "triton" and info["attention_layers"]:
-        reason = triton_unavailable_reason(device, amp_dtype or torch.float32)
-        if reason:
-            raise UserError(f"--attention-impl triton {reason}; use --attention-impl auto", all_ranks=True)
 
     normalizer = Normalizer(config.normalize, data.train.images).to(device)
     train_loader = DeviceLoader(data.train, config.batch_size, device=device, normalizer=normalizer, train=True,
