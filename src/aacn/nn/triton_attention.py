@@ -103,9 +103,10 @@ class _Launch:
             HP=_pow2(h), WP=_pow2(w), num_warps=4, num_stages=2,
         )
 
-    def grid(self, block: int) -> tuple[int, int]:
-        """Programs: one per block of ``block`` positions (queries or keys) of each (batch, head) pair."""
-        return (-(-self.n // block), self.b * self.nh)
+    def grid(self, block: int) -> tuple[int]:
+        """Programs: one per block of ``block`` positions (queries or keys) of each (batch, head) pair, on a 1-D
+        grid (see triton_kernels._program)."""
+        return (self.b * self.nh * -(-self.n // block),)
 
     def sizes(self) -> tuple[int, ...]:
         return (self.nh, self.n, self.h, self.w, self.dk, self.dv)

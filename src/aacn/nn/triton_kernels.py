@@ -18,6 +18,15 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 @triton.jit
+def _program(N, BLOCK: tl.constexpr):
+    """(pair, block) of this program on a 1-D grid of B*Nh*cdiv(N, BLOCK) programs, the blocks of one (batch,
+    head) pair next to each other (they share K and V in cache); 1-D grids allow 2^31 - 1 programs."""
+    pid = tl.program_id(0)
+    blocks = tl.cdiv(N, BLOCK)
+    return pid // blocks, pid % blocks
+
+
+@triton.jit
 def _head(ptr, pair, NH, stride_b, stride_n):
     """``ptr`` moved to (batch, head) pair ``pair`` (64-bit: large batches overflow 32-bit offsets)."""
     pair = pair.to(tl.int64)
@@ -103,7 +112,7 @@ def _fwd_kernel(
     HP: tl.constexpr, WP: tl.constexpr,
 ):
     """Output and log-sum-exp of one block of queries: an online softmax over all key blocks."""
-    pid_m, pair = tl.program_id(0), tl.program_id(1)
+    pair, pid_m = _program(N, BLOCK_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = offs_m < N
     offs_dk, offs_dv = tl.arange(0, DKP), tl.arange(0, DVP)
@@ -159,7 +168,7 @@ def _bwd_kv_kernel(
     HP: tl.constexpr, WP: tl.constexpr,
 ):
     """Gradients of one block of keys and values, looping over all query blocks."""
-    pid_n, pair = tl.program_id(0), tl.program_id(1)
+    pair, pid_n = _program(N, BLOCK_N)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
     offs_dk, offs_dv = tl.arange(0, DKP), tl.arange(0, DVP)
@@ -203,7 +212,7 @@ def _bwd_q_kernel(
     ``dRH[i, x']`` is the sum of the logit gradients of query ``i`` over the keys of grid row ``x'``: a product
     with the row one-hot map, accumulated here in registers (likewise ``dRW`` over grid columns).
     """
-    pid_m, pair = tl.program_id(0), tl.program_id(1)
+    pair, pid_m = _program(N, BLOCK_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = offs_m < N
     offs_dk, offs_dv = tl.arange(0, DKP), tl.arange(0, DVP)
