@@ -140,8 +140,8 @@ def relative_attention_2d(
     _check_inputs(q, k, v, rel_h, rel_w)
     name = resolve_impl(impl, q)
     if q.shape[0] == 0 or q.shape[1] == 0:  # an empty batch (or no heads): an empty output, still in the graph
-        tables = [t.sum() for t in (q, k, rel_h, rel_w) if t is not None]
-        return v.to(compute_dtype(q, k, v)) + 0 * sum(tables)
+        others = [t.sum() for t in (q, k, rel_h, rel_w) if t is not None]
+        return v.to(compute_dtype(q, k, v)) + 0 * sum(others)
     return _IMPL_FUNCS[name](q, k, v, rel_h, rel_w, _scale(scale, q.shape[-1]))
 
 

@@ -98,6 +98,19 @@ def reference_attention(
 # -------------------------------------------------------------------------------------------------- sdpa
 
 
+def relative_logits(q: Tensor, rel_h: Tensor | None, rel_w: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
+    """The compact relative logits of every query, in q's dtype (None where a table is None):
+    ``RH[b, n, x, y, x'] = q[b, n, x, y] . r^H_(x'-x)`` (B, Nh, H, W, H) and
+    ``RW[b, n, x, y, y'] = q[b, n, x, y] . r^W_(y'-y)`` (B, Nh, H, W, W)."""
+    _, _, h, w, _ = q.shape
+    rh = rw = None
+    if rel_h is not None:  # table (H, H', d): [x, x'] -> r^H_(x'-x)
+        rh = torch.einsum("bnxyd,xpd->bnxyp", q, rel_h.to(q.dtype)[rel_index(h, q.device)])
+    if rel_w is not None:  # table (W, W', d): [y, y'] -> r^W_(y'-y)
+        rw = torch.einsum("bnxyd,yqd->bnxyq", q, rel_w.to(q.dtype)[rel_index(w, q.device)])
+    return rh, rw
+
+
 def fold_relative(
     q: Tensor, k: Tensor, rel_h: Tensor | None, rel_w: Tensor | None, depth: int | None = None,
     dtype: torch.dtype | None = None,
@@ -108,13 +121,12 @@ def fold_relative(
     b, nh, h, w, d = q.shape
     dtype = q.dtype if dtype is None else dtype
     q_parts, k_parts = [q.to(dtype)], [k.to(dtype)]
-    if rel_h is not None:
-        table = rel_h.to(q.dtype)[rel_index(h, q.device)]  # (H, H', d): [x, x'] -> r^H_(x'-x)
-        q_parts.append(torch.einsum("bnxyd,xpd->bnxyp", q, table).to(dtype))
+    rh, rw = relative_logits(q, rel_h, rel_w)
+    if rh is not None:
+        q_parts.append(rh.to(dtype))
         k_parts.append(torch.eye(h, device=k.device, dtype=dtype).view(h, 1, h).expand(b, nh, h, w, h))
-    if rel_w is not None:
-        table = rel_w.to(q.dtype)[rel_index(w, q.device)]  # (W, W', d): [y, y'] -> r^W_(y'-y)
-        q_parts.append(torch.einsum("bnxyd,yqd->bnxyq", q, table).to(dtype))
+    if rw is not None:
+        q_parts.append(rw.to(dtype))
         k_parts.append(torch.eye(w, device=k.device, dtype=dtype).view(1, w, w).expand(b, nh, h, w, w))
     used = d + h * (rel_h is not None) + w * (rel_w is not None)
     if depth is not None and depth > used:  # zero columns change no logit; written by the same cat

@@ -32,8 +32,7 @@ import sys
 import torch
 from torch import Tensor
 
-from aacn.nn.flash_cpu import rel_index
-from aacn.nn.relative_attention import compute_dtype
+from aacn.nn.relative_attention import compute_dtype, relative_logits
 
 # triton is optional (CUDA builds of PyTorch ship it, the CPU build does not) and imported on first use.
 HAS_TRITON = importlib.util.find_spec("triton") is not None
@@ -78,9 +77,9 @@ def _pow2(n: int, least: int = 16) -> int:
     return max(least, 1 << max(0, n - 1).bit_length())
 
 
-def _strides(t: Tensor | None, placeholder: Tensor) -> tuple[int, ...]:
-    """Strides of ``t``, or of ``placeholder`` where ``t`` is absent (the kernel then never reads it)."""
-    return (t if t is not None else placeholder).stride()
+def _present(rh: Tensor | None, rw: Tensor | None, placeholder: Tensor) -> tuple[Tensor, Tensor]:
+    """The two tables, ``placeholder`` standing in for an absent one (the kernels then never touch it)."""
+    return (rh if rh is not None else placeholder, rw if rw is not None else placeholder)
 
 
 class _Launch:
@@ -121,36 +120,36 @@ class _RelativeAttentionTriton(torch.autograd.Function):
         # (B, Nh, dvh, N) storage: the caller's (B, Nh*dvh, H, W) layout, so merging heads costs no copy.
         out = torch.empty(run.b, run.nh, run.dv, run.n, dtype=q.dtype, device=q.device).transpose(-1, -2)
         lse = torch.empty(run.b * run.nh, run.n, dtype=torch.float32, device=q.device)
+        tables = _present(rh, rw, q)
         with _on_device(q):
             _kernels()._fwd_kernel[run.grid(run.block_m)](
-                q, k, v, rh if rh is not None else q, rw if rw is not None else q, out, lse,
-                *q.stride(), *k.stride(), *v.stride(), *_strides(rh, q), *_strides(rw, q), *out.stride(),
-                *run.sizes(), scale * _LOG2E, **run.meta,
+                q, k, v, *tables, out, lse, *q.stride(), *k.stride(), *v.stride(), *tables[0].stride(),
+                *tables[1].stride(), *out.stride(), *run.sizes(), scale * _LOG2E, **run.meta,
             )
         ctx.save_for_backward(q, k, v, rh, rw, out, lse)
-        ctx.config = (scale, h, w)
+        ctx.run, ctx.scale = run, scale
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):  # type: ignore[override]
         q, k, v, rh, rw, out, lse = ctx.saved_tensors
-        scale, h, w = ctx.config
-        run = _Launch(q, v, rh, rw, h, w)
+        run, scale = ctx.run, ctx.scale
         grad_out = grad_out.to(q.dtype)
         delta = (grad_out.float() * out.float()).sum(-1).reshape(run.b * run.nh, run.n)
         # Contiguous (B, Nh, N, ·) gradients (the kernels write them so); a placeholder pointer for absent terms.
-        dq, dk, dv = (torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (q, k, v))
-        drh, drw = (torch.empty(t.shape, dtype=t.dtype, device=t.device) if t is not None else dq for t in (rh, rw))
+        dq, dk, dv, drh, drw = (torch.empty(t.shape, dtype=t.dtype, device=t.device) if t is not None else None
+                                for t in (q, k, v, rh, rw))
+        tables = _present(rh, rw, q)
         common = (
-            *q.stride(), *k.stride(), *v.stride(), *_strides(rh, q), *_strides(rw, q), *grad_out.stride(),
+            *q.stride(), *k.stride(), *v.stride(), *tables[0].stride(), *tables[1].stride(), *grad_out.stride(),
             *run.sizes(), scale, scale * _LOG2E,
         )
-        inputs = (q, k, v, rh if rh is not None else q, rw if rw is not None else q, grad_out, lse, delta)
+        inputs = (q, k, v, *tables, grad_out, lse, delta)
         with _on_device(q):
             _kernels()._bwd_kv_kernel[run.grid(run.block_n)](*inputs, dk, dv, *common, **run.meta)
-            _kernels()._bwd_q_kernel[run.grid(run.block_m)](*inputs, dq, drh, drw, *common, **run.meta)
-        return dq, dk, dv, drh if rh is not None else None, drw if rw is not None else None, None, None, None
+            _kernels()._bwd_q_kernel[run.grid(run.block_m)](*inputs, dq, *_present(drh, drw, dq), *common, **run.meta)
+        return dq, dk, dv, drh, drw, None, None, None
 
 
 def triton_attention(
@@ -169,13 +168,8 @@ def triton_attention(
     b, nh, h, w, _ = q.shape
     dvh = v.shape[-1]
 
-    rh = rw = None
-    if rel_h is not None:  # RH[b, n, x, y, x'] = q[b, n, x, y] . r^H_(x'-x)
-        rh = torch.einsum("bnxyd,xjd->bnxyj", q, rel_h.to(q.dtype)[rel_index(h, q.device)])
-        rh = rh.to(dtype).reshape(b, nh, h * w, h)
-    if rel_w is not None:  # RW[b, n, x, y, y'] = q[b, n, x, y] . r^W_(y'-y)
-        rw = torch.einsum("bnxyd,yjd->bnxyj", q, rel_w.to(q.dtype)[rel_index(w, q.device)])
-        rw = rw.to(dtype).reshape(b, nh, h * w, w)
-    flat = [t.to(dtype).reshape(b, nh, h * w, t.shape[-1]) for t in (q, k, v)]
-    out = _RelativeAttentionTriton.apply(*flat, rh, rw, float(scale), h, w)  # (B, Nh, N, dvh)
+    # (B, Nh, N, ·) in the kernel's dtype: q, k, v and the compact tables RH (N x H) and RW (N x W)
+    flat = [t.to(dtype).reshape(b, nh, h * w, t.shape[-1]) if t is not None else None
+            for t in (q, k, v, *relative_logits(q, rel_h, rel_w))]
+    out = _RelativeAttentionTriton.apply(*flat, float(scale), h, w)  # (B, Nh, N, dvh)
     return out.transpose(-1, -2).reshape(b, nh, dvh, h, w).permute(0, 1, 3, 4, 2)

@@ -149,10 +149,11 @@ def _run(config: RunConfig, ctx: distributed.Context, *, resume: bool, overwrite
             f"{ctx.world_size}; pick a multiple of {ctx.world_size}", all_ranks=True
         )
 
+    device = ctx.device
+    amp_dtype = distributed.autocast_dtype(config.amp, device)
     kwargs = config.model_kwargs
     if kwargs.get("attention_impl") == "triton" and kwargs.get("attention") not in (None, "none"):
-        amp_dtype = distributed.autocast_dtype(config.amp, ctx.device)
-        reason = triton_unavailable_reason(ctx.device, amp_dtype or torch.float32)
+        reason = triton_unavailable_reason(device, amp_dtype or torch.float32)
         if reason:
             raise UserError(f"--attention-impl triton {reason}; use --attention-impl auto", all_ranks=True)
 
@@ -171,7 +172,6 @@ def _run(config: RunConfig, ctx: distributed.Context, *, resume: bool, overwrite
         )
 
     # ----------------------------------------------------------------------------------------- model
-    device = ctx.device
     torch.manual_seed(config.seed)
     model = create_model(config.model, num_classes=data.num_classes, **config.model_kwargs)
     info = _model_info(model)
@@ -185,7 +185,6 @@ def _run(config: RunConfig, ctx: distributed.Context, *, resume: bool, overwrite
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.set_float32_matmul_precision("high")
-    amp_dtype = distributed.autocast_dtype(config.amp, device)
 
     normalizer = Normalizer(config.normalize, data.train.images).to(device)
     train_loader = DeviceLoader(data.train, config.batch_size, device=device, normalizer=normalizer, train=True,
