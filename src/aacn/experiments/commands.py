@@ -1,4 +1,4 @@
-"""CLI verbs of the experiment layer: ``reproduce``, ``report``, ``sweep`` and ``attention-maps``.
+"""CLI verbs of the experiment layer: ``reproduce``, ``report``, ``sweep``, ``attention-maps`` and ``anchor``.
 
 :func:`register` adds them to the ``aacn`` sub-parsers; each sets ``func(args) -> exit code``. Mistakes a user
 can make raise :class:`aacn.errors.UserError`, which the CLI prints as one line with exit code 2.
@@ -80,6 +80,14 @@ def _attention_maps(args: argparse.Namespace) -> int:
     return 0
 
 
+def _anchor(args: argparse.Namespace) -> int:
+    from aacn.experiments.anchor import run_anchor
+
+    run_anchor(args.anchor, data_dir=args.data_dir, out=args.out, seed=args.seed, device=args.device,
+               overwrite=args.overwrite)
+    return 0
+
+
 def _pixel(text: str) -> tuple[int, int]:
     x, sep, y = text.partition(",")
     try:
@@ -101,8 +109,18 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return value
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``reproduce``, ``report``, ``sweep`` and ``attention-maps`` to the ``aacn`` sub-parsers."""
+    """Add ``reproduce``, ``report``, ``sweep``, ``attention-maps`` and ``anchor`` to the ``aacn`` sub-parsers."""
     from aacn.cli import add_train_arguments
     from aacn.config import AMP_MODES
     from aacn.experiments.presets import SCALES, TABLES
@@ -166,3 +184,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="PNG to write (default RUN_DIR/attention-<layer>-img<I>.png)")
     p.add_argument("--data-dir", help="CIFAR location (default: the run's)")
     p.set_defaults(func=_attention_maps)
+
+    p = subparsers.add_parser(
+        "anchor", help="train a public airbench baseline (airbench94 | airbench96) on the same CIFAR-10 images",
+        description="Train airbench's own airbench94 or airbench96 (pip install -e \".[anchors]\"; needs a CUDA "
+                    "GPU) on all 50,000 training images of --data-dir and write a run record that 'aacn report' "
+                    "reads beside ours (default runs/anchors/NAME-seedK).")
+    p.add_argument("anchor", metavar="NAME", help="airbench94 | airbench96")
+    p.add_argument("--data-dir", help="where CIFAR-10 lives or is downloaded (default $AACN_DATA, else a cache)")
+    p.add_argument("--out", help="record folder (default runs/anchors/NAME-seedK)")
+    p.add_argument("--seed", type=_non_negative_int, default=0, help="torch.manual_seed before training (default 0)")
+    p.add_argument("--device", default="auto", help="auto | cuda (airbench trains on cuda:0; pick the GPU with "
+                                                    "CUDA_VISIBLE_DEVICES)")
+    p.add_argument("--overwrite", action="store_true", help="retrain over a finished record with another config")
+    p.set_defaults(func=_anchor)
