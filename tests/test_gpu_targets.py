@@ -6,7 +6,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from gpu_targets import rows_of  # noqa: E402
+from gpu_targets import fast_epochs, rows_of  # noqa: E402
+
+from aacn.experiments.presets import preset  # noqa: E402
 
 
 def test_verdicts_ratios_and_failures():
@@ -31,3 +33,9 @@ def test_a_failed_plain_run_fails_every_ratio_and_one_gpu_is_not_measured():
     assert [r[3] for r in rows] == ["-", "-", "-"]
     assert rows[1][2] == "failed: plain run failed"
     assert rows[2][2].startswith("not measured")
+
+
+def test_the_accuracy_run_takes_the_fast_scales_epochs_of_the_model():
+    epochs = {config.model: config.epochs for _, config in preset("table1", "fast")}
+    assert fast_epochs("wrn-28-10") == epochs["wrn-28-10"] and fast_epochs("resnet34") == epochs["resnet34"]
+    assert fast_epochs("wrn-10-2") is None
