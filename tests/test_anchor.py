@@ -94,7 +94,8 @@ class FakeTrainer:
         rows = [{"epoch": 1, "test_acc": 50.0, "train_time_s": 1.5, "epoch_time_s": 1.5},
                 {"epoch": 2, "test_acc": float("nan"), "train_time_s": 3.0, "epoch_time_s": 1.5}]
         return AnchorOutcome(test_acc=61.25, test_acc_tta=62.5, test_acc_tta_airbench=float("nan"),
-                             train_time_s=3.0, params=1234, metrics=rows)
+                             train_time_s=3.0, params=1234, metrics=rows,
+                             settings={"opt": {"train_epochs": 9.9}, "net": {"scaling_factor": 1 / 9}})
 
 
 def test_record_from_a_fake_training(tiny_cifar10, tmp_path):
@@ -113,6 +114,7 @@ def test_record_from_a_fake_training(tiny_cifar10, tmp_path):
     assert (results["test_acc"], results["test_acc_tta"], results["test_acc_tta_airbench"]) == (61.25, 62.5, None)
     assert results["train_time_s"] == 3.0 and results["params"] == 1234 and results["train_images"] == 500
     assert results["wall_time_s"] >= 0 and results["provenance"] == config["provenance"]
+    assert results["epochs"] == 9.9 and results["airbench_settings"]["opt"] == {"train_epochs": 9.9}
     assert results["data"] == config["data"] and results["config"] == config["config"]
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line, parse_constant=pytest.fail)["test_acc"] for line in lines] == [50.0, None]
@@ -188,7 +190,7 @@ def _fake_airbench(seen: list) -> types.SimpleNamespace:
         return torch.nn.Linear(3, 2)
 
     return types.SimpleNamespace(
-        utils=utils, train94=train94, printed=printed,
+        utils=utils, train94=train94, printed=printed, lib_airbench94=types.SimpleNamespace(hyp={"opt": {"lr": 11.5}}),
         CifarLoader=lambda path, train, batch_size: (path, train),
         evaluate=lambda model, loader, tta_level: [0.25, 0.5, 0.75][tta_level])
 
@@ -206,7 +208,7 @@ def test_airbench_glue_runs_in_the_data_folder_logs_epochs_and_restores(tmp_path
     assert Path.cwd() == cwd and fake.utils.print_training_details is original
     assert seen == [7] and len(fake.printed) == 4  # airbench's own output still goes out
     assert (outcome.test_acc, outcome.test_acc_tta, outcome.test_acc_tta_airbench) == (25.0, 50.0, 75.0)
-    assert outcome.train_time_s == 2.5 and outcome.params == 8
+    assert outcome.train_time_s == 2.5 and outcome.params == 8 and outcome.settings == {"opt": {"lr": 11.5}}
     assert [r["epoch"] for r in outcome.metrics] == [1, 2] and outcome.metrics[1]["epoch_time_s"] == 1.5
 
 

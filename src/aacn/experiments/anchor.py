@@ -27,7 +27,8 @@ The record is a run directory that ``aacn report`` reads beside ours (default ``
 - ``results.json``: ``kind: "anchor"``, ``test_acc`` (no TTA), ``test_acc_tta`` (the mean of the logits of an
   image and its mirror, as ``aacn train --tta``), ``test_acc_tta_airbench`` (airbench's published TTA: mirror
   and one-pixel translations), ``train_time_s`` (airbench's own timer: training only, as it publishes),
-  ``wall_time_s`` (the whole command), ``params``, ``provenance`` and ``data``. Accuracies are percentages.
+  ``wall_time_s`` (the whole command), ``params``, ``epochs`` and ``airbench_settings`` (airbench's
+  hyperparameters), ``provenance`` and ``data``. Accuracies are percentages.
 
 A finished record with the same config and data is reused ("already finished"); a different one is refused
 with the differing fields named (``--overwrite`` retrains). Anchors do not resume: an unfinished record is
@@ -76,6 +77,7 @@ class AnchorOutcome:
     train_time_s: float
     params: int
     metrics: list[dict[str, Any]] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)  # the anchor's own hyperparameters, as published
 
 
 class Trainer(Protocol):
@@ -172,6 +174,7 @@ class AirbenchTrainer:
         airbench = self.airbench
         utils = airbench.utils
         train = getattr(airbench, ANCHORS[anchor])
+        settings = getattr(getattr(airbench, f"lib_{anchor}", None), "hyp", None)  # e.g. lib_airbench94.hyp
         rows: list[dict[str, Any]] = []
         logged = utils.print_training_details  # airbench logs each epoch through this; keep its output, read it
 
@@ -197,7 +200,7 @@ class AirbenchTrainer:
         train_time = rows[-1]["train_time_s"] if rows and rows[-1]["train_time_s"] is not None else wall
         return AnchorOutcome(test_acc=plain, test_acc_tta=mirror, test_acc_tta_airbench=airbench_tta,
                              train_time_s=train_time, params=sum(p.numel() for p in model.parameters()),
-                             metrics=rows)
+                             metrics=rows, settings=settings if isinstance(settings, dict) else {})
 
 
 def check_anchor(name: str) -> None:
@@ -323,8 +326,9 @@ def run_anchor(
         "train_images": config["train_images"], "test_images": config["test_images"],
         "test_acc": outcome.test_acc, "test_acc_tta": outcome.test_acc_tta,
         "test_acc_tta_airbench": outcome.test_acc_tta_airbench, "train_time_s": outcome.train_time_s,
-        "wall_time_s": time.perf_counter() - start, "params": outcome.params, "epochs": len(outcome.metrics),
-        "config": config, "provenance": provenance, "data": provenance_data,
+        "wall_time_s": time.perf_counter() - start, "params": outcome.params,
+        "epochs": outcome.settings.get("opt", {}).get("train_epochs", len(outcome.metrics)),
+        "airbench_settings": outcome.settings, "config": config, "provenance": provenance, "data": provenance_data,
     }
     write_json(path / "results.json", results)
     tta = "" if outcome.test_acc_tta is None else f", {outcome.test_acc_tta:.2f}% with flip TTA"
