@@ -210,6 +210,7 @@ def subprocess_runner(args: argparse.Namespace) -> Runner:
                "--scratch", str(args.scratch), "--step", step.name]
         if args.data_dir:
             cmd += ["--data-dir", str(args.data_dir)]
+        sys.stdout.flush()  # the plan's lines first, then the step's own output
         done = subprocess.run(cmd, check=False)
         if done.returncode != 0:
             raise RuntimeError(f"exit code {done.returncode} (its output is above)")
@@ -366,4 +367,4 @@ def main(argv: list[str] | None = None, *, runner: Runner | None = None,
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(1 if any(v.startswith("failed") for v in main().values()) else 0)

@@ -163,3 +163,15 @@ def test_main_with_an_injected_runner_runs_what_fits(tmp_path):
     # the budget is spent by the time that passes: these instant steps leave it for airbench94, not for more
     assert ran == ["cuda_check", "anchor/airbench94"]
     assert (tmp_path / "r" / "checks" / "cuda_check.json").is_file()
+
+
+def test_the_subprocess_runner_passes_the_plan_arguments_and_reports_a_failed_step(tmp_path, capfd):
+    import argparse
+    import dataclasses
+
+    args = argparse.Namespace(results=tmp_path / "r", scratch=tmp_path / "s", data_dir=str(tmp_path))
+    step = dataclasses.replace(build_plan(tmp_path / "r")[0], name="no-such-step")
+    with pytest.raises(RuntimeError, match="exit code 2"):
+        gpu_plan.subprocess_runner(args)(step)
+    assert "no step 'no-such-step' in the plan" in capfd.readouterr().err  # its arguments parsed, its plan built
+    assert not (tmp_path / "r").exists()
