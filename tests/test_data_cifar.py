@@ -155,7 +155,7 @@ def test_corrupt_archive_rejected_and_removed(server, tmp_path: Path, how: str) 
         bad = bytearray(good)
         bad[len(bad) // 2] ^= 0xFF
         (data_dir / spec.filename).write_bytes(bytes(bad))
-    with pytest.raises(UserError, match="MD5.*deleted.*re-run.*--data-dir"):
+    with pytest.raises(UserError, match="MD5.*deleted.*re-run.*data_dir"):
         load_cifar("cifar10", data_dir, val_size=5, progress=False)
     assert list(data_dir.iterdir()) == []  # bad file removed, nothing extracted, no temp left
 
