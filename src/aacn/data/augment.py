@@ -15,8 +15,8 @@ random choices with the others in ``epoch_plan``.
 How it is batched, without a per-image loop: :class:`PaddedImages` stores the image set zero-padded once, next
 to its left-right mirror images. A mirrored crop at column ``col`` is the *unmirrored* crop of the mirror image
 at column ``2*pad - col``, so every output row is one contiguous run of W bytes of that store, and the whole
-batch is a single ``index_select`` of B·C·H rows on an overlapping strided view of it: a row copy, several times
-faster than a per-pixel ``gather``. :class:`~aacn.data.loader.DeviceLoader` prepares its training split this
+batch is a single ``index_select`` of B·C·H rows on an overlapping strided view of it: a copy of whole rows
+instead of a per-pixel ``gather``. :class:`~aacn.data.loader.DeviceLoader` prepares its training split this
 way once; :func:`augment` also accepts plain images and prepares the batch itself.
 
 Normalisation modes (:data:`NORMALIZE_MODES`):
@@ -98,7 +98,8 @@ def augment(images: Tensor | PaddedImages, plan: AugmentPlan) -> Tensor:
         raise ValueError(f"images are padded by {images.pad}, the plan by {plan.pad}")
     index = plan.index if plan.index is not None else torch.arange(b, device=images.data.device)
     origins = _crop_origins(images.data.shape, index, plan.flips, plan.offsets, plan.pad)
-    return _take_crops(images.data, origins, *images.image_size)
+    out = _take_crops(images.data, origins, *images.image_size)  # pad + crop + flip, as one row copy
+    return out
 
 
 def _crop_origins(source_shape: torch.Size, index: Tensor, flips: Tensor, offsets: Tensor, pad: int) -> Tensor:
@@ -176,7 +177,7 @@ class Normalizer(torch.nn.Module):
             std = var.clamp_min(1e-12).sqrt()
         self.register_buffer("mean", mean.float())
         self.register_buffer("std", std.float())
-        # Full (C, H, W) tensors: broadcasting (3, 1, 1) ones in addcmul is ~2x slower on CPU.
+        # Full (C, H, W) tensors keep addcmul on its same-shape path instead of broadcasting (3, 1, 1) ones.
         shape = train_images_u8.shape[1:]
         self.register_buffer("scale", (1.0 / (255.0 * std)).expand(shape).float().contiguous())
         self.register_buffer("shift", (-mean / std).expand(shape).float().contiguous())

@@ -4,7 +4,8 @@ Training epochs are a pure function of ``(seed, epoch)``: a CPU ``torch.Generato
 draws, once per epoch and for all ``N`` samples at once, a permutation and (with ``augment``) one flip bit
 and one crop offset per position of that permutation. Any batch can therefore be produced — or skipped —
 without drawing anything else, so ``batches(epoch, start=k)`` yields exactly the batches ``k, k+1, …`` of
-``batches(epoch)`` (this is what resuming mid-epoch relies on).
+``batches(epoch)`` (this is what resuming mid-epoch relies on). Each augmented batch is
+``augment(padded split, AugmentPlan(its flips, offsets and indices))`` (:func:`aacn.data.augment.augment`).
 
 Distributed data parallel: ``batch_size`` is the *global* batch. Every rank computes the same epoch plan;
 rank ``r`` of ``world_size`` takes rows ``[r*b, (r+1)*b)`` (``b = batch_size // world_size``) of each
@@ -105,7 +106,7 @@ class DeviceLoader:
         return math.ceil(self.num_samples / self.batch_size)
 
     def _finish(self, images_u8: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-        # Change the layout while still uint8 (4x cheaper than on float); the normaliser keeps it.
+        # Change the layout while still uint8 (a quarter of float32's bytes); the normaliser keeps it.
         x = self.normalizer(images_u8.contiguous(memory_format=self.memory_format))
         return x.contiguous(memory_format=self.memory_format), labels
 
