@@ -243,7 +243,10 @@ def prepare(name: str, data_dir: Path, *, download: bool = True, progress: bool 
             download_file(url, archive, progress=progress)
         except OSError as e:  # URLError is an OSError; so are a full disk and a read-only dir
             raise _missing_error(data_dir, spec, f"could not download {url} ({e})") from None
-    digest = file_md5(archive)
+    try:
+        digest = file_md5(archive)
+    except OSError as e:
+        raise integrity.read_error(archive, e) from None
     if digest != spec.md5:
         archive.unlink(missing_ok=True)
         raise UserError(f"{archive} has MD5 {digest}, expected {spec.md5} (truncated or corrupt download); "

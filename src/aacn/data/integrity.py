@@ -48,6 +48,13 @@ CACHE_NAME = ".aacn-md5.json"
 _CACHE_VERSION = 1
 
 
+def read_error(path: Path, exc: OSError) -> UserError:
+    """The one-line error for a data file that cannot be read: which file, and what is wrong with it."""
+    if isinstance(exc, PermissionError):
+        return UserError(f"cannot read {path}: permission denied; give your user read access to it (e.g. chmod u+r)")
+    return UserError(f"cannot read {path}: {exc.strerror or exc}")
+
+
 def file_md5(path: Path, chunk: int = 1 << 20) -> str:
     """Hex MD5 of a file, read in chunks."""
     h = hashlib.md5()
@@ -96,11 +103,8 @@ def cached_md5s(folder: Path, names: list[str] | tuple[str, ...]) -> dict[str, s
                 result[name] = entry["md5"]
                 continue
             result[name] = file_md5(path)
-        except PermissionError:
-            raise UserError(f"cannot read {path}: permission denied; give your user read access to it "
-                            f"(e.g. chmod u+r)") from None
         except OSError as e:
-            raise UserError(f"cannot read {path}: {e.strerror or e}") from None
+            raise read_error(path, e) from None
         cache[name] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "md5": result[name]}
         changed = True
     if changed:

@@ -25,6 +25,7 @@ from typing import BinaryIO
 
 import numpy as np
 
+from aacn.data.integrity import read_error
 from aacn.errors import UserError
 
 try:  # numpy >= 2
@@ -98,11 +99,8 @@ def load_pickle(path: Path) -> object:
     try:
         with open(path, "rb") as f:
             return load_restricted(f)
-    except PermissionError:
-        raise UserError(f"cannot read {path}: permission denied; give your user read access to it "
-                        f"(e.g. chmod u+r)") from None
     except OSError as e:
-        raise UserError(f"cannot read {path}: {e.strerror or e}") from None
+        raise read_error(path, e) from None
     except ForbiddenGlobal as e:
         raise UserError(f"refusing to load {path}: it asks to call {e.qualname}, which no CIFAR data file "
                         f"holds (a crafted file could run code this way); replace it with the official "
