@@ -7,9 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from aacn.data.augment import NORMALIZE_MODES, AugmentPlan, Normalizer, PaddedImages, augment
+from aacn.data.augment import AugmentPlan, PaddedImages, augment
 from aacn.data.cifar import Split
 from aacn.data.loader import DeviceLoader, epoch_generator, epoch_plan
+from aacn.data.normalize import NORMALIZE_MODES, Normalizer
 from aacn.errors import UserError
 
 

@@ -21,8 +21,9 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
-from aacn.data.augment import PAD, AugmentPlan, Normalizer, PaddedImages, augment
+from aacn.data.augment import PAD, AugmentPlan, PaddedImages, augment
 from aacn.data.cifar import Split
+from aacn.data.normalize import Normalizer
 from aacn.errors import UserError
 
 
