@@ -98,6 +98,15 @@ def test_md5_cache_is_reused_and_only_changed_files_are_rehashed(tmp_path: Path,
     os.utime(folder / "data_batch_2", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     load_cifar("cifar10", tmp_path, val_size=10, download=False)
     assert calls == ["data_batch_2"]
+    calls.clear()  # an edit that puts the old size and modification time back is still seen (ctime)
+    path, st = folder / "data_batch_3", (folder / "data_batch_3").stat()
+    batch = pickle.loads(path.read_bytes())
+    batch[b"data"][0, 0] ^= 1  # one pixel: the same pickle size
+    path.write_bytes(pickle.dumps(batch, protocol=2))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_size == st.st_size and path.stat().st_mtime_ns == st.st_mtime_ns
+    load_cifar("cifar10", tmp_path, val_size=10, download=False)
+    assert calls == ["data_batch_3"]
     assert [p.name for p in folder.iterdir() if p.name.startswith(integrity.CACHE_NAME)] == [integrity.CACHE_NAME]
 
 

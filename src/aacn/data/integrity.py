@@ -2,10 +2,11 @@
 
 :func:`differing_files` compares every file of an extracted CIFAR folder with the official per-file MD5s (the
 table torchvision's integrity check uses, :data:`OFFICIAL_MD5`). Hashing the ~180 MB of a CIFAR folder is done
-once: each file's MD5 is cached in ``.aacn-md5.json`` inside the folder, keyed by the file's name, size and
-``mtime_ns``, and reused while all three match. The cache is written atomically; a folder that cannot be written
-(read-only data) just means the hashes are recomputed next time. A cache file that is unreadable or malformed is
-ignored.
+once: each file's MD5 is cached in ``.aacn-md5.json`` inside the folder, keyed by the file's name, size,
+``mtime_ns`` and ``ctime_ns``, and reused while all of them match. The status-change time cannot be set back, so
+even an edit that restores the modification time is seen; a ``chmod`` or a move just costs one re-hash. The cache
+is written atomically; a folder that cannot be written (read-only data) just means the hashes are recomputed next
+time. A cache file that is unreadable or malformed is ignored.
 
 :func:`split_fingerprint` is the SHA-256 of a split's uint8 image bytes followed by its int64 (little-endian)
 label bytes: equal fingerprints mean the very same images, labels and order were trained on.
@@ -86,7 +87,7 @@ def _write_cache(path: Path, files: dict[str, dict[str, Any]]) -> None:
 
 
 def cached_md5s(folder: Path, names: list[str] | tuple[str, ...]) -> dict[str, str]:
-    """MD5 of each file ``folder/name``, from the folder's cache where a file's size and mtime_ns are unchanged.
+    """MD5 of each file ``folder/name``, from the folder's cache where the file's size and times are unchanged.
 
     Raises :class:`UserError` naming the file when one cannot be read.
     """
@@ -98,14 +99,14 @@ def cached_md5s(folder: Path, names: list[str] | tuple[str, ...]) -> dict[str, s
         try:
             st = path.stat()
             entry = cache.get(name)
-            if entry and entry.get("size") == st.st_size and entry.get("mtime_ns") == st.st_mtime_ns \
-                    and isinstance(entry.get("md5"), str):
+            key = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns}
+            if entry and all(entry.get(k) == v for k, v in key.items()) and isinstance(entry.get("md5"), str):
                 result[name] = entry["md5"]
                 continue
             result[name] = file_md5(path)
         except OSError as e:
             raise read_error(path, e) from None
-        cache[name] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "md5": result[name]}
+        cache[name] = {**key, "md5": result[name]}
         changed = True
     if changed:
         _write_cache(cache_path, cache)
