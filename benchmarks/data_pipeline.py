@@ -125,7 +125,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
 
     if args.data_dir:
-        split, source = load_cifar("cifar10", args.data_dir, val_size=0, download=False).train, args.data_dir
+        data = load_cifar("cifar10", args.data_dir, val_size=0, download=False)
+        split, source = data.train, f"{args.data_dir} ({data.provenance['label']} CIFAR-10)"
     else:
         split, source = synthetic(args.num_images), "synthetic"
     device = torch.device(args.device)

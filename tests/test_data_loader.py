@@ -1,14 +1,16 @@
-"""aacn.data.augment and aacn.data.loader: batched crop/flip vs a per-image reference, normaliser
-statistics, and the DeviceLoader's determinism, resume (start=k), rank split and memory format."""
+"""aacn.data.augment and aacn.data.loader: augment() vs a per-image reference, normaliser statistics, the
+DeviceLoader's batches vs a plain reference loader, and its determinism, resume (start=k), rank split and
+memory format."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from aacn.data.augment import NORMALIZE_MODES, Normalizer, mirror_pad, random_crop_flip, take_crops
+from aacn.data.augment import AugmentPlan, PaddedImages, augment
 from aacn.data.cifar import Split
-from aacn.data.loader import DeviceLoader, epoch_plan
+from aacn.data.loader import DeviceLoader, epoch_generator, epoch_plan
+from aacn.data.normalize import NORMALIZE_MODES, Normalizer
 from aacn.errors import UserError
 
 
@@ -30,33 +32,43 @@ def _split(n: int) -> Split:
     return Split(_images(n), torch.arange(n))
 
 
+def _crop_flip(x: torch.Tensor, flips: torch.Tensor, offsets: torch.Tensor, pad: int = 4) -> torch.Tensor:
+    return augment(x, AugmentPlan(flips=flips, offsets=offsets, pad=pad))
+
+
 @pytest.mark.parametrize("pad", [4, 2])
-def test_random_crop_flip_matches_per_image_reference(pad: int) -> None:
+@pytest.mark.parametrize("prepared", [False, True])
+def test_augment_matches_per_image_reference(pad: int, prepared: bool) -> None:
     g = torch.Generator().manual_seed(1)
     x = _images(64)
-    flips = torch.randint(0, 2, (64,), generator=g).bool()
-    offsets = torch.randint(0, 2 * pad + 1, (64, 2), generator=g)
-    out = random_crop_flip(x, flips, offsets, pad=pad)
-    assert out.shape == x.shape and out.dtype == torch.uint8
-    ref = torch.stack([_reference_crop_flip(x[i], bool(flips[i]), int(offsets[i, 0]), int(offsets[i, 1]), pad)
-                       for i in range(64)])
+    index = torch.randint(0, 64, (40,), generator=g)  # with repeats, any order
+    flips = torch.randint(0, 2, (40,), generator=g).bool()
+    offsets = torch.randint(0, 2 * pad + 1, (40, 2), generator=g)
+    out = augment(PaddedImages(x, pad) if prepared else x, AugmentPlan(flips, offsets, index, pad))
+    assert out.shape == (40, 3, 32, 32) and out.dtype == torch.uint8 and out.is_contiguous()
+    ref = torch.stack([_reference_crop_flip(x[index[i]], bool(flips[i]), int(offsets[i, 0]), int(offsets[i, 1]),
+                                            pad) for i in range(40)])
     assert torch.equal(out, ref)
+    assert augment(x, AugmentPlan(flips[:0], offsets[:0], index[:0], pad)).shape == (0, 3, 32, 32)
 
 
 def test_crop_and_flip_really_move_pixels() -> None:
     x = _images(2, seed=5)
-    same = random_crop_flip(x, torch.tensor([False, False]), torch.tensor([[4, 4], [4, 4]]))
+    same = _crop_flip(x, torch.tensor([False, False]), torch.tensor([[4, 4], [4, 4]]))
     assert torch.equal(same, x)
-    flipped = random_crop_flip(x, torch.tensor([True, False]), torch.tensor([[4, 4], [4, 4]]))
+    flipped = _crop_flip(x, torch.tensor([True, False]), torch.tensor([[4, 4], [4, 4]]))
     assert torch.equal(flipped[0], x[0].flip(-1)) and torch.equal(flipped[1], x[1])
-    corner = random_crop_flip(x, torch.tensor([False, False]), torch.tensor([[0, 0], [8, 8]]))
+    corner = _crop_flip(x, torch.tensor([False, False]), torch.tensor([[0, 0], [8, 8]]))
     assert torch.equal(corner[0, :, 4:, 4:], x[0, :, :28, :28])  # shifted down-right by 4
     assert (corner[0, :, :4, :] == 0).all() and (corner[0, :, :, :4] == 0).all()  # zero border
     assert torch.equal(corner[1, :, :28, :28], x[1, :, 4:, 4:])  # shifted up-left by 4
     assert (corner[1, :, 28:, :] == 0).all() and (corner[1, :, :, 28:] == 0).all()
     assert not torch.equal(corner, x)
-    with pytest.raises(ValueError, match="contiguous source"):
-        take_crops(mirror_pad(x).transpose(2, 3), torch.zeros(2, dtype=torch.int64), 32, 32)
+    with pytest.raises(ValueError, match="plan.flips must be"):
+        _crop_flip(x, torch.tensor([True]), torch.tensor([[4, 4], [4, 4]]))
+    with pytest.raises(ValueError, match="padded by 4, the plan by 2"):
+        augment(PaddedImages(x, 4), AugmentPlan(torch.tensor([True, False]), torch.zeros(2, 2, dtype=torch.int64),
+                                                torch.arange(2), pad=2))
 
 
 @pytest.mark.parametrize("mode", NORMALIZE_MODES)
@@ -106,7 +118,7 @@ def test_train_epoch_is_a_permutation_with_the_planned_augmentation() -> None:
     ids = torch.cat([y for _, y in batches])
     perm, flips, offsets = epoch_plan(50, 3, 2, True)
     assert torch.equal(ids, perm[:48]) and len(set(ids.tolist())) == 48  # drop_last, no repeats
-    expect = random_crop_flip(split.images[perm[:48]], flips[:48], offsets[:48])
+    expect = _crop_flip(split.images[perm[:48]], flips[:48], offsets[:48])
     torch.testing.assert_close(torch.cat([x for x, _ in batches]), loader.normalizer(expect))
     # The augmentation changes the images (vs the plain normalised samples).
     plain = loader.normalizer(split.images[ids])
@@ -171,12 +183,55 @@ def test_channels_last_and_validation() -> None:
     for (x1, _), (x2, _) in zip(cl, std, strict=True):
         assert x1.is_contiguous(memory_format=torch.channels_last) and x2.is_contiguous()
         assert torch.equal(x1, x2)
-    with pytest.raises(UserError, match="batch size 21 is larger than the training split"):
+    with pytest.raises(UserError, match="batch_size=21 is larger than the training split"):
         _loader(split, 21)
     assert len(_loader(split, 21, train=False)) == 1  # fine for evaluation
-    with pytest.raises(UserError, match="not divisible by the world size 3"):
+    with pytest.raises(UserError, match=r"not divisible by world_size=3"):
         _loader(split, 8, world_size=3)
-    with pytest.raises(UserError, match="batch size must be positive"):
+    with pytest.raises(UserError, match="batch_size=0 must be positive"):
         _loader(split, 0)
-    with pytest.raises(UserError, match="rank 2 / world size 2"):
+    with pytest.raises(UserError, match="rank=2 / world_size=2"):
         _loader(split, 8, rank=2, world_size=2)
+
+
+def _reference_epoch(split: Split, batch_size: int, seed: int, epoch: int, augment: bool, pad: int = 4
+                     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The training batches of one epoch, written plainly: draw the permutation, then one flip bit and one
+    crop offset per position, from the (seed, epoch) generator; then pad, crop and flip image by image."""
+    g = epoch_generator(seed, epoch)
+    n = len(split)
+    perm = torch.randperm(n, generator=g)
+    if augment:
+        flips = torch.randint(0, 2, (n,), generator=g, dtype=torch.int64).bool()
+        offsets = torch.randint(0, 2 * pad + 1, (n, 2), generator=g, dtype=torch.int64)
+    batches = []
+    for k in range(n // batch_size):
+        ids = perm[k * batch_size:(k + 1) * batch_size]
+        images = [split.images[i] for i in ids]
+        if augment:
+            pos = range(k * batch_size, (k + 1) * batch_size)
+            images = [_reference_crop_flip(img, bool(flips[p]), int(offsets[p, 0]), int(offsets[p, 1]), pad)
+                      for img, p in zip(images, pos, strict=True)]
+        batches.append((torch.stack(images), split.labels[ids]))
+    return batches
+
+
+@pytest.mark.parametrize("augment_", [True, False])
+def test_training_batches_are_bit_identical_to_a_plain_reference(augment_: bool) -> None:
+    """Pins the training stream: the same (seed, epoch) gives the same images, crops and flips, bit for bit."""
+    split = Split(_images(45, seed=9), torch.randint(0, 10, (45,), generator=torch.Generator().manual_seed(4)))
+    loader = _loader(split, 8, augment=augment_, seed=11)
+    for epoch in (0, 5):
+        ref = _reference_epoch(split, 8, 11, epoch, augment_)
+        got = _collect(loader, epoch)
+        assert len(got) == len(ref) == 5
+        for (x, y), (rx, ry) in zip(got, ref, strict=True):
+            assert torch.equal(y, ry)
+            assert torch.equal(x, loader.normalizer(rx))
+        for world in (2, 4):  # each rank's rows of the same global batches
+            for rank in range(world):
+                part = _collect(_loader(split, 8, augment=augment_, seed=11, rank=rank, world_size=world), epoch)
+                lb = 8 // world
+                for (x, y), (rx, ry) in zip(part, ref, strict=True):
+                    assert torch.equal(y, ry[rank * lb:(rank + 1) * lb])
+                    assert torch.equal(x, loader.normalizer(rx[rank * lb:(rank + 1) * lb]))

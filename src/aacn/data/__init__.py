@@ -1,22 +1,32 @@
 """aacn.data: CIFAR-10/100 download, verification and split; batched on-device augmentation and loading.
 
-* :mod:`aacn.data.cifar` — ``load_cifar`` (download + MD5 + safe extraction, 45k/5k/10k split),
-* :mod:`aacn.data.augment` — ``random_crop_flip`` (batched, no per-image loop) and ``Normalizer``,
+* :mod:`aacn.data.cifar` — ``load_cifar`` (download + MD5 + safe extraction, validated batch files, 45k/5k/10k
+  split, provenance),
+* :mod:`aacn.data.integrity` — the official-files check (per-file MD5s, cached) and the split fingerprints,
+* :mod:`aacn.data.safe_pickle` — loading the batch pickles without running code,
+* :mod:`aacn.data.augment` — ``augment(images, plan)`` (pad, crop, flip; batched, no per-image loop),
+* :mod:`aacn.data.normalize` — ``Normalizer`` (uint8 → float32 with the training split's statistics),
 * :mod:`aacn.data.loader` — ``DeviceLoader`` (whole split on the device, deterministic per-epoch plans).
 """
 
-from aacn.data.augment import NORMALIZE_MODES, Normalizer, random_crop_flip
+from aacn.data.augment import AugmentPlan, PaddedImages, augment
 from aacn.data.cifar import NUM_CLASSES, CifarData, Split, load_cifar, resolve_data_dir
-from aacn.data.loader import DeviceLoader
+from aacn.data.integrity import OFFICIAL_MD5
+from aacn.data.loader import DeviceLoader, epoch_plan
+from aacn.data.normalize import NORMALIZE_MODES, Normalizer
 
 __all__ = [
     "NUM_CLASSES",
     "NORMALIZE_MODES",
+    "OFFICIAL_MD5",
+    "AugmentPlan",
     "CifarData",
     "DeviceLoader",
     "Normalizer",
+    "PaddedImages",
     "Split",
+    "augment",
+    "epoch_plan",
     "load_cifar",
-    "random_crop_flip",
     "resolve_data_dir",
 ]

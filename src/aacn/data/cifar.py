@@ -1,9 +1,15 @@
 """CIFAR-10 / CIFAR-100: download, MD5 verification, safe extraction, loading and the train/val/test split.
 
 The official python archives (``cifar-10-python.tar.gz``, ``cifar-100-python.tar.gz``) are downloaded once
-into a data directory (``--data-dir``, else ``$AACN_DATA``, else a per-user cache), verified against the
+into a data directory (``data_dir``, else ``$AACN_DATA``, else a per-user cache), verified against the
 official MD5 *before* extraction and extracted without letting any member escape the directory. A directory
 that already holds the extracted folder (``cifar-10-batches-py`` / ``cifar-100-python``) is used as is.
+
+Loading never trusts the files: they are unpickled without running code (:mod:`aacn.data.safe_pickle`), and
+every batch file is validated (uint8 images of 3,072 values, at least one per file, one integer label in range
+per image) before anything trains on it; each problem is a :class:`~aacn.errors.UserError` naming the file.
+Each loaded dataset carries its provenance: whether every file matches the official per-file MD5s, and a
+SHA-256 fingerprint of each split (:mod:`aacn.data.integrity`).
 
 The official 50,000 training images are split by a fixed-seed permutation into ``train`` (45,000) and
 ``val`` (5,000 by default); ``test`` is the official 10,000-image test set. Images are kept as uint8
@@ -13,9 +19,7 @@ The official 50,000 training images are split by a fixed-seed permutation into `
 
 from __future__ import annotations
 
-import hashlib
 import os
-import pickle
 import shutil
 import tarfile
 import tempfile
@@ -28,6 +32,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from aacn.data import integrity
+from aacn.data.integrity import file_md5
+from aacn.data.safe_pickle import load_pickle
 from aacn.errors import UserError
 
 BASE_URL = "https://www.cs.toronto.edu/~kriz/"
@@ -97,13 +104,19 @@ class Split:
 
 @dataclass(frozen=True)
 class CifarData:
-    """A loaded dataset: its name, class names and the three splits."""
+    """A loaded dataset: its name, class names, the three splits and their provenance.
+
+    ``provenance`` (JSON types only): ``{"label": "official" | "not official", "differing_files": [names of the
+    folder's files whose MD5 is not the official one], "fingerprint": {"train" | "val" | "test": SHA-256 hex of
+    the split's uint8 images then int64 labels}}`` (see :mod:`aacn.data.integrity`).
+    """
 
     name: str
     classes: list[str]
     train: Split
     val: Split
     test: Split
+    provenance: dict
 
     @property
     def num_classes(self) -> int:
@@ -136,15 +149,6 @@ def find_extracted(data_dir: Path, spec: ArchiveSpec) -> Path | None:
         if _is_complete(cand, spec):
             return cand
     return None
-
-
-def file_md5(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex MD5 of a file, read in chunks."""
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def download_file(url: str, dest: Path, *, progress: bool = True) -> None:
@@ -216,7 +220,7 @@ def extract_archive(archive: Path, data_dir: Path, spec: ArchiveSpec) -> Path:
 def _missing_error(data_dir: Path, spec: ArchiveSpec, reason: str) -> UserError:
     return UserError(f"{reason}: {data_dir} holds neither {spec.folder}/ with "
                      f"{', '.join(spec.expected_files)} nor a valid {spec.filename}; put the extracted "
-                     f"{spec.folder} (or {spec.filename} from {BASE_URL}) there, or pass --data-dir with it")
+                     f"{spec.folder} (or {spec.filename} from {BASE_URL}) there, or point data_dir at it")
 
 
 def prepare(name: str, data_dir: Path, *, download: bool = True, progress: bool = True) -> Path:
@@ -239,17 +243,20 @@ def prepare(name: str, data_dir: Path, *, download: bool = True, progress: bool 
             download_file(url, archive, progress=progress)
         except OSError as e:  # URLError is an OSError; so are a full disk and a read-only dir
             raise _missing_error(data_dir, spec, f"could not download {url} ({e})") from None
-    digest = file_md5(archive)
+    try:
+        digest = file_md5(archive)
+    except OSError as e:
+        raise integrity.read_error(archive, e) from None
     if digest != spec.md5:
         archive.unlink(missing_ok=True)
         raise UserError(f"{archive} has MD5 {digest}, expected {spec.md5} (truncated or corrupt download); "
-                        f"the bad file was deleted — re-run to download it again, or pass --data-dir with a "
+                        f"the bad file was deleted — re-run to download it again, or point data_dir at a "
                         f"folder holding the extracted {spec.folder}")
     try:
         return extract_archive(archive, data_dir, spec)
     except OSError as e:  # e.g. a read-only directory or a full disk while moving the files into place
-        raise UserError(f"cannot extract {archive} into {data_dir} ({e}); free some space or pass a writable "
-                        f"--data-dir") from None
+        raise UserError(f"cannot extract {archive} into {data_dir} ({e}); free some space or choose a writable "
+                        f"data_dir") from None
 
 
 # ----------------------------------------------------------------------------------------------- loading
@@ -259,47 +266,85 @@ def _text(x: object) -> object:
     return x.decode("latin1") if isinstance(x, bytes) else x
 
 
-def _unpickle(path: Path) -> dict[str, object]:
-    """Load a CIFAR pickle (Python-2 or Python-3 style); keys come back as ``str``."""
-    try:
-        with open(path, "rb") as f:
-            obj = pickle.load(f, encoding="latin1")
-    except Exception as e:  # any unpickling failure means a damaged file
-        raise UserError(f"cannot read {path} ({type(e).__name__}: {e}); delete {path.parent} and re-run "
-                        f"to extract/download it again") from None
+def _replace_hint(spec: ArchiveSpec) -> str:
+    return f"replace it with the file from the official {spec.filename}"
+
+
+def _read_dict(path: Path, spec: ArchiveSpec) -> dict[str, object]:
+    """A CIFAR pickle (Python-2 or Python-3 style, loaded without running code); keys come back as ``str``."""
+    obj = load_pickle(path)
     if not isinstance(obj, dict):
-        raise UserError(f"{path} is not a CIFAR batch (expected a dict, got {type(obj).__name__}); "
-                        f"delete {path.parent} and re-run")
+        raise UserError(f"{path} is not a CIFAR batch (it holds a {type(obj).__name__}, not a dict); "
+                        f"{_replace_hint(spec)}")
     return {_text(k): v for k, v in obj.items()}
 
 
+def _batch_images(path: Path, data: object, spec: ArchiveSpec) -> np.ndarray:
+    """``data`` checked and returned as uint8 ``(n, 3072)`` with ``n >= 1``; integer arrays with all values in
+    0..255 are converted losslessly, anything else is a UserError naming ``path``."""
+    x = np.asarray(data) if isinstance(data, np.ndarray) else None
+    if x is None or x.ndim != 2 or x.shape[1] != 3 * 32 * 32:
+        what = f"an array of shape {x.shape}" if x is not None else f"a {type(data).__name__}"
+        raise UserError(f"{path}: 'data' is {what}, expected uint8 images as an array of shape (n, 3072); "
+                        f"{_replace_hint(spec)}")
+    if x.shape[0] == 0:
+        raise UserError(f"{path} holds no images ('data' has 0 rows); {_replace_hint(spec)}")
+    if x.dtype != np.uint8:
+        if x.dtype.kind not in "iu":
+            raise UserError(f"{path}: 'data' holds {x.dtype} values, expected uint8 pixels (0..255); "
+                            f"{_replace_hint(spec)}")
+        lo, hi = int(x.min()), int(x.max())
+        if lo < 0 or hi > 255:
+            raise UserError(f"{path}: 'data' holds values in [{lo}, {hi}], expected uint8 pixels (0..255); "
+                            f"{_replace_hint(spec)}")
+        x = x.astype(np.uint8)
+    return x
+
+
+def _batch_labels(path: Path, labels: object, n: int, spec: ArchiveSpec, num_classes: int) -> np.ndarray:
+    """``labels`` checked and returned as int64 ``(n,)``: integers in ``[0, num_classes)``, one per image."""
+    try:
+        y = np.asarray(labels)
+    except (ValueError, OverflowError, TypeError) as e:
+        raise UserError(f"{path}: {spec.label_key!r} is not a list of integers ({e}); {_replace_hint(spec)}") \
+            from None
+    if y.ndim != 1 or y.shape[0] != n:
+        raise UserError(f"{path} holds {n} images but {spec.label_key!r} has shape {y.shape}; expected one label "
+                        f"per image; {_replace_hint(spec)}")
+    if y.dtype.kind not in "iu":
+        raise UserError(f"{path}: {spec.label_key!r} holds {y.dtype} values, expected integer class indices; "
+                        f"{_replace_hint(spec)}")
+    lo, hi = int(y.min()), int(y.max())
+    if lo < 0 or hi >= num_classes:
+        raise UserError(f"{path} has labels in [{lo}, {hi}], outside the {num_classes} classes "
+                        f"[0, {num_classes - 1}]; {_replace_hint(spec)}")
+    return y.astype(np.int64)
+
+
 def _read_batches(folder: Path, files: tuple[str, ...], spec: ArchiveSpec, num_classes: int) -> Split:
+    """The images and labels of ``files``, each file validated (see :func:`_batch_images`, :func:`_batch_labels`)."""
     images, labels = [], []
     for fname in files:
         path = folder / fname
-        d = _unpickle(path)
-        if "data" not in d or spec.label_key not in d:
-            raise UserError(f"{path} lacks the keys 'data' and {spec.label_key!r} of a CIFAR batch; "
-                            f"delete {folder} and re-run")
-        x = np.asarray(d["data"])
-        y = np.asarray(d[spec.label_key], dtype=np.int64)
-        if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3 * 32 * 32 or y.shape != (x.shape[0],):
-            raise UserError(f"{path} holds data {x.dtype} {x.shape} and {y.shape[0]} labels, expected uint8 "
-                            f"(n, 3072) with n labels; delete {folder} and re-run")
-        if y.size and (y.min() < 0 or y.max() >= num_classes):
-            raise UserError(f"{path} has labels outside [0, {num_classes}); delete {folder} and re-run")
+        d = _read_dict(path, spec)
+        missing = [k for k in ("data", spec.label_key) if k not in d]
+        if missing:
+            raise UserError(f"{path} is not a CIFAR batch: it lacks {' and '.join(map(repr, missing))}; "
+                            f"{_replace_hint(spec)}")
+        x = _batch_images(path, d["data"], spec)
         images.append(x)
-        labels.append(y)
+        labels.append(_batch_labels(path, d[spec.label_key], x.shape[0], spec, num_classes))
     x = np.concatenate(images).reshape(-1, 3, 32, 32)
     return Split(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.concatenate(labels)))
 
 
 def _read_classes(folder: Path, spec: ArchiveSpec, num_classes: int) -> list[str]:
     path = folder / spec.meta_file
-    names = _unpickle(path).get(spec.names_key)
-    if not isinstance(names, (list, tuple)) or len(names) != num_classes:
+    names = _read_dict(path, spec).get(spec.names_key)
+    if not isinstance(names, (list, tuple)) or len(names) != num_classes \
+            or not all(isinstance(n, (str, bytes)) for n in names):
         raise UserError(f"{path} has no list {spec.names_key!r} of {num_classes} class names; "
-                        f"delete {folder} and re-run")
+                        f"{_replace_hint(spec)}")
     return [str(_text(n)) for n in names]
 
 
@@ -308,8 +353,7 @@ def split_train_val(full: Split, val_size: int, split_seed: int) -> tuple[Split,
     the first ``val_size`` permuted indices form ``val``, the rest ``train`` (both in permuted order)."""
     n = len(full)
     if not 0 <= val_size < n:
-        raise UserError(f"val_size={val_size} must be in [0, {n}) for a training set of {n} images; "
-                        f"pass a smaller validation size")
+        raise UserError(f"val_size={val_size} must be in [0, {n}) for a training set of {n} images")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed))
     val_idx, train_idx = perm[:val_size], perm[val_size:]
     take = lambda idx: Split(full.images[idx].contiguous(), full.labels[idx].contiguous())  # noqa: E731
@@ -330,6 +374,9 @@ def load_cifar(name: str, data_dir: str | os.PathLike | None = None, *, val_size
         subset: keep only the first ``subset`` images of the train split (after the split).
         download: allow downloading the official archive when nothing usable is found.
         progress: show a download progress bar.
+
+    Raises:
+        UserError: naming the argument or the file that is wrong, and how to fix it.
     """
     if name not in ARCHIVES:
         raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(ARCHIVES)}")
@@ -341,7 +388,9 @@ def load_cifar(name: str, data_dir: str | os.PathLike | None = None, *, val_size
     train, val = split_train_val(full, val_size, split_seed)
     if subset is not None:
         if not 0 < subset <= len(train):
-            raise UserError(f"subset={subset} must be in [1, {len(train)}] (the train split of {name} "
-                            f"holds {len(train)} images); pass a smaller --subset")
+            raise UserError(f"subset={subset} must be in [1, {len(train)}]: the train split of {name} holds "
+                            f"{len(train)} images once val_size={val_size} are held out")
         train = Split(train.images[:subset].contiguous(), train.labels[:subset].contiguous())
-    return CifarData(name=name, classes=classes, train=train, val=val, test=test)
+    splits = {s: (part.images, part.labels) for s, part in (("train", train), ("val", val), ("test", test))}
+    prov = integrity.provenance(folder, integrity.OFFICIAL_MD5[name], splits)
+    return CifarData(name=name, classes=classes, train=train, val=val, test=test, provenance=prov)

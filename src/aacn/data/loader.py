@@ -4,7 +4,8 @@ Training epochs are a pure function of ``(seed, epoch)``: a CPU ``torch.Generato
 draws, once per epoch and for all ``N`` samples at once, a permutation and (with ``augment``) one flip bit
 and one crop offset per position of that permutation. Any batch can therefore be produced — or skipped —
 without drawing anything else, so ``batches(epoch, start=k)`` yields exactly the batches ``k, k+1, …`` of
-``batches(epoch)`` (this is what resuming mid-epoch relies on).
+``batches(epoch)`` (this is what resuming mid-epoch relies on). Each augmented batch is
+``augment(padded split, AugmentPlan(its flips, offsets and indices))`` (:func:`aacn.data.augment.augment`).
 
 Distributed data parallel: ``batch_size`` is the *global* batch. Every rank computes the same epoch plan;
 rank ``r`` of ``world_size`` takes rows ``[r*b, (r+1)*b)`` (``b = batch_size // world_size``) of each
@@ -20,11 +21,10 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
-from aacn.data.augment import Normalizer, crop_origins, mirror_pad, take_crops
+from aacn.data.augment import PAD, AugmentPlan, PaddedImages, augment
 from aacn.data.cifar import Split
+from aacn.data.normalize import Normalizer
 from aacn.errors import UserError
-
-PAD = 4  # zero padding of the random crop (32×32 → 40×40)
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -37,8 +37,8 @@ def epoch_plan(n: int, seed: int, epoch: int, augment: bool, pad: int = PAD
                ) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """``(perm (n,), flips (n,) bool | None, offsets (n, 2) int64 | None)`` of one training epoch.
 
-    ``flips[i]`` / ``offsets[i]`` belong to the sample at position ``i`` of the permutation. The
-    permutation is drawn first, so it does not depend on ``augment``.
+    ``flips[i]`` / ``offsets[i]`` are the :class:`~aacn.data.augment.AugmentPlan` choices for the sample at
+    position ``i`` of the permutation. The permutation is drawn first, so it does not depend on ``augment``.
     """
     g = epoch_generator(seed, epoch)
     perm = torch.randperm(n, generator=g)
@@ -70,24 +70,24 @@ class DeviceLoader:
                  channels_last: bool = False) -> None:
         n = len(split)
         if batch_size <= 0:
-            raise UserError(f"batch size must be positive, got {batch_size}; pass --batch-size >= 1")
+            raise UserError(f"batch_size={batch_size} must be positive")
         if world_size < 1 or not 0 <= rank < world_size:
-            raise UserError(f"rank {rank} / world size {world_size} is invalid: need world_size >= 1 and "
+            raise UserError(f"rank={rank} / world_size={world_size} is invalid: need world_size >= 1 and "
                             f"0 <= rank < world_size; check the launcher's environment")
         if batch_size % world_size:
-            raise UserError(f"global batch size {batch_size} is not divisible by the world size "
-                            f"{world_size}; pass a --batch-size that is a multiple of {world_size}")
+            raise UserError(f"batch_size={batch_size} (the global batch) is not divisible by "
+                            f"world_size={world_size}; choose a multiple of {world_size}")
         if train and batch_size > n:
-            raise UserError(f"batch size {batch_size} is larger than the training split ({n} images), so an "
-                            f"epoch would have no full batch; pass --batch-size <= {n} or a larger --subset")
+            raise UserError(f"batch_size={batch_size} is larger than the training split ({n} images), so an "
+                            f"epoch would have no full batch; choose batch_size <= {n}")
         self.device = torch.device(device)
         self.train, self.augment = train, augment and train
         images = split.images.to(self.device)
         self.image_size = tuple(images.shape[-2:])
-        # With augmentation the split is kept only zero-padded next to its mirror image (uint8, 3.1x the
-        # split's memory), so that each augmented batch is a single row copy (see aacn.data.augment).
+        # With augmentation the split is kept only in the form augment() copies from (PaddedImages: uint8,
+        # 3.1x the split's memory), so that each augmented batch is a single row copy.
         self.images: Tensor | None = None if self.augment else images
-        self.source: Tensor | None = mirror_pad(images, PAD) if self.augment else None
+        self.padded: PaddedImages | None = PaddedImages(images, PAD) if self.augment else None
         del images
         self.labels = split.labels.to(self.device)
         self.normalizer = normalizer.to(self.device)
@@ -107,7 +107,7 @@ class DeviceLoader:
         return math.ceil(self.num_samples / self.batch_size)
 
     def _finish(self, images_u8: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-        # Change the layout while still uint8 (4x cheaper than on float); the normaliser keeps it.
+        # Change the layout while still uint8 (a quarter of float32's bytes); the normaliser keeps it.
         x = self.normalizer(images_u8.contiguous(memory_format=self.memory_format))
         return x.contiguous(memory_format=self.memory_format), labels
 
@@ -120,19 +120,18 @@ class DeviceLoader:
 
     def _train_batches(self, epoch: int, start: int) -> Iterator[tuple[Tensor, Tensor]]:
         perm, flips, offsets = epoch_plan(self.num_samples, self.seed, epoch, self.augment)
-        # Keep only this rank's rows of the used batches, then move the plan to the device in one copy each.
+        # Keep only this rank's rows of the used batches: (batches, local batch, [index, flip, row, col]),
+        # moved to the device in one copy per epoch.
         nb, b, r = len(self), self.batch_size, self.rank
         rows = torch.arange(nb * b).view(nb, b)[:, r * self.local_batch:(r + 1) * self.local_batch]
-        perm = perm[rows]
-        if self.augment:  # where each crop starts in self.source, for the whole epoch at once
-            origins = crop_origins(perm.reshape(-1), flips[rows].reshape(-1), offsets[rows].reshape(-1, 2),
-                                   self.source.shape, PAD).view(rows.shape).to(self.device)
-        perm = perm.to(self.device)
-        h, w = self.image_size
+        columns = [perm[rows, None]]
+        if self.augment:
+            columns += [flips[rows, None].to(torch.int64), offsets[rows]]
+        plan = torch.cat(columns, dim=-1).to(self.device)
         for k in range(start, nb):
-            idx = perm[k]
-            if self.augment:  # == random_crop_flip(split.images[idx], flips, offsets, PAD)
-                x = take_crops(self.source, origins[k], h, w)
+            idx = plan[k, :, 0]
+            if self.augment:
+                x = augment(self.padded, AugmentPlan(flips=plan[k, :, 1], offsets=plan[k, :, 2:], index=idx, pad=PAD))
             else:
                 x = self.images.index_select(0, idx)
             yield self._finish(x, self.labels.index_select(0, idx))
