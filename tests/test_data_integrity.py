@@ -118,10 +118,10 @@ def test_unwritable_or_damaged_cache_only_costs_a_rehash(tmp_path: Path, monkeyp
     def read_only(src, dst):
         raise PermissionError(13, "Permission denied", str(dst))
 
-    monkeypatch.setattr(integrity.os, "replace", read_only)  # the folder cannot take the cache
+    monkeypatch.setattr(os, "replace", read_only)  # the folder cannot take the cache
     first = load_cifar("cifar10", tmp_path, val_size=10, download=False).provenance
     assert not (folder / integrity.CACHE_NAME).exists() and not list(folder.glob(".aacn-md5*"))  # no temp left
-    monkeypatch.setattr(integrity.os, "replace", real_replace)
+    monkeypatch.setattr(os, "replace", real_replace)
     (folder / integrity.CACHE_NAME).write_text("{not json")
     calls.clear()
     assert load_cifar("cifar10", tmp_path, val_size=10, download=False).provenance == first

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ import numpy as np
 import torch
 
 from aacn.errors import UserError
+from aacn.files import atomic_write
 
 # Official per-file MD5s of the extracted archives (the table of torchvision.datasets.CIFAR10 / CIFAR100).
 OFFICIAL_MD5: dict[str, dict[str, str]] = {
@@ -77,13 +76,11 @@ def _read_cache(path: Path) -> dict[str, dict[str, Any]]:
 
 def _write_cache(path: Path, files: dict[str, dict[str, Any]]) -> None:
     """Atomically replace ``path``; silently does nothing where the folder is not writable."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    text = json.dumps({"version": _CACHE_VERSION, "files": files}, indent=1, sort_keys=True)
     try:
-        with open(tmp, "x") as f:  # plain open(): the mode the user's umask gives
-            json.dump({"version": _CACHE_VERSION, "files": files}, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
-    except OSError:
-        tmp.unlink(missing_ok=True)
+        atomic_write(path, lambda fh: fh.write(text))
+    except UserError:
+        pass  # a cache we cannot write only means hashing again next time
 
 
 def cached_md5s(folder: Path, names: list[str] | tuple[str, ...]) -> dict[str, str]:
