@@ -7,6 +7,7 @@ import io
 import json
 import math
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -259,3 +260,11 @@ def test_bad_out_is_refused_before_any_work(tmp_path, capsys):
     (broken / "results.json").write_text("[]")
     assert main(["report", str(broken), "--out", str(afile)]) == 2  # the output is checked first
     assert "--out" in capsys.readouterr().err
+
+
+def test_nan_in_an_old_record_reads_as_not_measured(tmp_path):
+    run = write_run(tmp_path / "r")
+    text = (run / "results.json").read_text().replace('"test_acc": 80.0', '"test_acc": NaN')
+    (run / "results.json").write_text(text)
+    result = report([run], tmp_path / "o", curves=False)
+    assert result.rows[0].stats["test_acc"].mean is None and not re.search(r"\bnan\b", result.markdown.lower())

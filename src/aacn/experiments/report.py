@@ -4,15 +4,29 @@ A report groups runs whose configurations are equal except for the seed (and the
 ``out`` or ``device``), so several seeds of one model become one row showing ``mean ± std`` (sample standard
 deviation, ``ddof=1``). Rows are named from the config by :func:`run_label` ("AA-WRN-28-10", "ResNet-34 (no
 aug)"); when two different groups would get the same name, the config fields on which they differ are appended.
+Anchor records (``aacn anchor``: public baselines such as airbench94) get their own rows, "airbench94 (anchor)".
 
 Columns follow the replication's layout: train / validation / test top-1 accuracy (percent) and training time;
-``extended`` adds parameters, peak memory and images/s (Table 2); a CIFAR-100 run adds test top-5.
+test accuracy with flip test-time augmentation when a run measured it; ``extended`` adds parameters, peak
+memory and images/s (Table 2); a CIFAR-100 run adds test top-5. Every number is read from the run's
+``results.json`` as training wrote it; nothing measured (``null``, or the ``NaN`` of older records) shows "—".
+
+Data: each record names the data it was trained on (``official`` or ``not official``, with fingerprints of the
+loaded images). Rows trained on data that is not official are marked ``†`` and rows whose record predates data
+provenance ``‡``, with footnotes. Runs of one dataset on different images (different test fingerprints or
+labels) are refused in one table unless ``allow_mixed_data``; then a Data column tells them apart.
+``provenance=True`` (``aacn report --extended``) adds a table of every run's code, software, device, precision
+and compile settings; records without them show "unknown".
 
 Unfinished runs (no ``results.json``) are refused with a message naming them, unless ``partial=True``: then
 they are shown from their last finished epoch, marked ``*``, with no test accuracy.
 
-Outputs (in ``out``): ``report.md`` (the table plus the settings and run folders of each row), ``report.csv``
-(one row per group; ``<metric>_mean`` / ``<metric>_std`` columns, raw units) and ``learning_curves.png``.
+A record that is not what ``aacn train`` writes (invalid JSON, a list where an object belongs, a string where a
+number belongs) is one :class:`UserError` naming the file. ``out`` is checked before any record is read.
+
+Outputs (in ``out``, each written atomically): ``report.md`` (the table plus the settings and run folders of
+each row), ``report.csv`` (one row per group; ``<metric>_mean`` / ``<metric>_std`` columns, raw units) and
+``learning_curves.png``.
 """
 
 from __future__ import annotations
@@ -293,7 +307,9 @@ class Stat:
 
 
 def _stat(values: list[float | None]) -> Stat:
-    vals = [float(v) for v in values if v is not None]
+    """Statistics of the measured values; ``None`` and the ``NaN`` of records written before records were strict
+    JSON both mean "not measured"."""
+    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
     if not vals:
         return Stat(None, None, 0)
     mean = sum(vals) / len(vals)
