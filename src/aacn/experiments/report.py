@@ -225,8 +225,11 @@ def load_run(path: str | os.PathLike) -> RunRecord:
     data = _optional_object(source.get("data"), run.results_path if source is results else run.config_path,
                             "'data'")
     if data is not None:
-        _optional_object(data.get("fingerprint"), run.results_path if source is results else run.config_path,
-                         "'data.fingerprint'")
+        where = run.results_path if source is results else run.config_path
+        _optional_object(data.get("fingerprint"), where, "'data.fingerprint'")
+        if not isinstance(data.get("differing_files") or [], list):
+            raise UserError(f"{where}: 'data.differing_files' is {_type_name(data['differing_files'])}, not a list; "
+                            f"the record is damaged or was not written by aacn; restore or remove it")
     return RunRecord(run.path, config, info, results, metrics, kind, provenance, data)
 
 
