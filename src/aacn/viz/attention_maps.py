@@ -235,7 +235,7 @@ def attention_maps_command(
     if out is not None:
         check_output_file(out, "--out")
     elif Path(run_dir).is_dir():
-        check_output_dir(run_dir, "--out (default: RUN_DIR)")
+        check_output_dir(run_dir, "--out")  # the default: inside RUN_DIR
     maps = compute_attention_maps(run_dir, layer=layer, image=image, pixels=pixels, data_dir=data_dir)
     path = Path(out) if out is not None else Path(run_dir) / f"attention-{maps.layer}-img{image}.png"
     return plot_attention_maps(maps, path)

@@ -46,7 +46,7 @@ def plot_learning_curves(
     for i, (label, runs) in enumerate(curves):
         color = f"C{i % 10}"
         for j, rows in enumerate(runs):
-            epochs = [r.get("epoch", i + 1) for i, r in enumerate(rows)]  # rows without "epoch": in order
+            epochs = [r.get("epoch", n + 1) for n, r in enumerate(rows)]  # rows without "epoch": in order
             for ax, key in ((ax_acc, "acc"), (ax_loss, "loss")):
                 for split, style in (("train", "--"), ("val", "-")):
                     ys = [r.get(f"{split}_{key}") for r in rows]
