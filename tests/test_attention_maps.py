@@ -85,3 +85,23 @@ def test_bad_input_exits_2_with_one_line(tmp_path, tiny_cifar10, capsys, attenti
     assert main(["attention-maps", str(tmp_path / "run"), *extra]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and all(w in err[0] for w in words), err
+
+
+def test_negative_pixel_is_read_as_a_pixel_and_refused(tmp_path, tiny_cifar10, capsys):
+    _write_run(tmp_path / "run", tiny_cifar10, "seed")
+    for pixels in (["-1,3"], ["2,2", "-5,-6"]):
+        assert main(["attention-maps", str(tmp_path / "run"), "--pixels", *pixels]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "negative" in err[0] and pixels[-1] in err[0], err
+
+
+def test_bad_out_is_refused_before_any_work(tmp_path, capsys):
+    run = tmp_path / "run"  # a config only: computing the maps would fail on the missing data folder
+    RunDir(run).write_config(RunConfig(data_dir=str(tmp_path / "nodata"), model_kwargs={"attention": "seed"}).to_dict(),
+                             {"attention_layers": [{"name": "layer3.0.conv1", "resolution": [8, 8]}]})
+    afile = tmp_path / "file.png"
+    afile.write_bytes(b"x")
+    for out, named in ((tmp_path, tmp_path), (afile / "below.png", afile)):  # a folder; a path below a file
+        assert main(["attention-maps", str(run), "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "--out" in err[0] and str(named) in err[0], err

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
+import os
+import re
 from pathlib import Path
 
 import pytest
@@ -109,3 +112,159 @@ def test_cli_report_prints_table_and_bad_input_exits_2(tmp_path, capsys):
         assert main(["report", str(bad)]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and str(bad) in err
+
+
+# ------------------------------------------------------------------------------ provenance, data, bad JSON
+PROV = {"aacn_version": "0.9.1", "git_commit": "0123456789abcdef0123", "git_dirty": True, "python": "3.11.9",
+        "torch": "2.13.0", "cuda": "12.8", "cudnn": 91000, "device": "cuda", "device_name": "NVIDIA H200",
+        "device_count": 2, "precision": "bf16", "compile": True, "compile_mode": "max-autotune"}
+
+
+def data_record(label: str = "official", test: str = "a" * 64, differing: tuple[str, ...] = ()) -> dict:
+    return {"label": label, "differing_files": list(differing),
+            "fingerprint": {"train": "1" * 64, "val": "2" * 64, "test": test}}
+
+
+def add_provenance(run: Path, provenance: dict | None = PROV, data: dict | None = None) -> Path:
+    """Add the provenance and data keys to a record written by :func:`write_run` (as new runs hold them)."""
+    for name in ("config.json", "results.json"):
+        path = run / name
+        record = json.loads(path.read_text())
+        record["provenance"] = provenance
+        record["data"] = data if data is not None else data_record()
+        path.write_text(json.dumps(record))
+    return run
+
+
+def headers(line: str) -> list[str]:
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
+def test_rows_on_data_that_is_not_official_are_marked_with_a_footnote(tmp_path):
+    official = add_provenance(write_run(tmp_path / "a", model="wrn-16-4"))
+    jpeg = add_provenance(write_run(tmp_path / "b"), data=data_record("not official", "b" * 64, ("test_batch",)))
+    old = write_run(tmp_path / "c", model="resnet18")  # written before records held data provenance
+    result = report([official, jpeg, old], tmp_path / "o", allow_mixed_data=True, curves=False)
+    lines = result.markdown.splitlines()
+    row = {line.split("|")[1].strip(): line for line in lines if line.startswith("| ")}
+    assert "WRN-16-4" in row and "ResNet-34 †" in row and "ResNet-18 ‡" in row
+    foot = next(line for line in lines if line.startswith("†"))
+    assert "not official" in foot and "bbbbbbbbbbbb" in foot and "test_batch" in foot
+    assert any(line.startswith("‡") and "does not say" in line for line in lines)
+    assert "Data" in headers(lines[0])  # mixed data (allowed): each row says which
+    assert "†" in (tmp_path / "o" / "report.md").read_text()
+
+
+def test_runs_on_different_data_are_refused_unless_allowed(tmp_path, capsys):
+    a = add_provenance(write_run(tmp_path / "a"))
+    b = add_provenance(write_run(tmp_path / "b", seed=1), data=data_record("official", "c" * 64))
+    assert main(["report", str(a), str(b), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--allow-mixed-data" in err[0] and str(a) in err[0] and "cccccccccccc" in err[0]
+    assert not (tmp_path / "o" / "report.md").exists()
+    assert main(["report", str(a), str(b), "--out", str(tmp_path / "o"), "--allow-mixed-data"]) == 0
+    same = add_provenance(write_run(tmp_path / "c", seed=2))
+    old = write_run(tmp_path / "d", seed=3)  # unknown data cannot conflict: it is marked instead
+    result = report([a, same, old], tmp_path / "o2", curves=False)
+    assert [len(r.runs) for r in result.rows] == [3] and "Data" not in headers(result.markdown.splitlines()[0])
+
+
+def test_extended_shows_each_runs_provenance_and_unknown_for_old_records(tmp_path, capsys):
+    new = add_provenance(write_run(tmp_path / "new"))
+    old = write_run(tmp_path / "old", model="wrn-16-4")
+    assert main(["report", str(new), str(old), "--out", str(tmp_path / "o"), "--extended"]) == 0
+    out = capsys.readouterr().out
+    prov = next(line for line in out.splitlines() if str(new) in line)
+    for text in ("0.9.1", "0123456789ab +dirty", "2.13.0", "12.8", "91000", "NVIDIA H200 x2", "bf16",
+                 "on (max-autotune)", "official, test aaaaaaaaaaaa"):
+        assert text in prov, text
+    old_line = next(line for line in out.splitlines() if str(old) in line)
+    assert old_line.count("unknown") == len(PROV_HEADERS)
+    assert "## Provenance" in (tmp_path / "o" / "report.md").read_text()
+    main(["report", str(new), "--out", str(tmp_path / "o")])
+    assert "0.9.1" not in capsys.readouterr().out  # provenance only with --extended
+
+
+PROV_HEADERS = ("aacn", "Commit", "torch", "CUDA", "cuDNN", "Device", "Precision", "Compile", "Data")
+
+
+def test_anchor_records_get_their_own_row(tmp_path):
+    run = add_provenance(write_run(tmp_path / "ours"))
+    anchor = tmp_path / "airbench94-seed0"
+    anchor.mkdir()
+    (anchor / "config.json").write_text(json.dumps({
+        "kind": "anchor", "config": {"anchor": "airbench94", "dataset": "cifar10", "seed": 0, "tta": True,
+                                     "train_images": 50000}, "provenance": PROV, "data": data_record()}))
+    (anchor / "results.json").write_text(json.dumps({
+        "kind": "anchor", "anchor": "airbench94", "test_acc": 93.5, "test_acc_tta": 94.0, "train_time_s": 3.5,
+        "wall_time_s": 9.0, "provenance": PROV, "data": data_record()}))
+    result = report([run, anchor], tmp_path / "o")
+    assert [r.label for r in result.rows] == ["ResNet-34", "airbench94 (anchor)"]
+    assert "Test acc. TTA (%)" in result.markdown and "94.00" in result.markdown
+    assert "anchor airbench94 on cifar10" in (tmp_path / "o" / "report.md").read_text()
+
+
+def test_summary_numbers_come_from_results_json(tmp_path):
+    run = write_run(tmp_path / "r", epochs=3)
+    results = json.loads((run / "results.json").read_text())
+    results.update(train_time_s=123.0, images_per_s=777.0, peak_mem_bytes=5 * 2**20)
+    del results["val_acc"]  # e.g. --val-size 0 records hold null; older ones may lack the key
+    (run / "results.json").write_text(json.dumps(results))
+    stats = report([run], tmp_path / "o", curves=False).rows[0].stats
+    assert stats["train_time_s"].mean == 123.0 and stats["images_per_s"].mean == 777.0
+    assert stats["peak_mem_bytes"].mean == 5 * 2**20 and stats["val_acc"].mean is None
+
+
+@pytest.mark.parametrize("file, content, words", [
+    ("results.json", [1, 2, 3], ["results.json", "a list"]),
+    ("config.json", {"config": "resnet34", "info": {}}, ["config.json", "'config'", "a string"]),
+    ("results.json", "patch", ["results.json", "test_acc", "'81.5'"]),
+    ("config.json", {"config": {"model": "resnet34", "model_kwargs": [1]}, "info": {}}, ["config.json"]),
+    ("metrics.jsonl", None, ["metrics.jsonl", "line 2"]),
+    ("results.json", "{not json", ["results.json", "not valid JSON"]),
+])
+def test_wrong_structure_json_is_one_line_naming_the_file(tmp_path, capsys, file, content, words):
+    run = write_run(tmp_path / "r")
+    path = run / file
+    if content == "patch":
+        results = json.loads(path.read_text())
+        results["test_acc"] = "81.5"
+        path.write_text(json.dumps(results))
+    elif file == "metrics.jsonl":
+        path.write_text('{"epoch": 1, "train_acc": 10.0}\n["not", "an", "object"]\n')
+    else:
+        path.write_text(content if isinstance(content, str) else json.dumps(content))
+    assert main(["report", str(run), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(path) in err[0] and all(w in err[0] for w in words), err
+
+
+def test_bad_out_is_refused_before_any_work(tmp_path, capsys):
+    run = write_run(tmp_path / "r")
+    afile = tmp_path / "file.txt"
+    afile.write_text("x")
+    readonly = tmp_path / "ro"
+    readonly.mkdir()
+    readonly.chmod(0o500)
+    try:
+        cases = [afile, afile / "below"]
+        if not os.access(readonly, os.W_OK):  # root may write anywhere
+            cases += [readonly, readonly / "sub"]
+        for out in cases:
+            assert main(["report", str(run), "--out", str(out)]) == 2
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and "--out" in err[0] and str(out) in err[0], err
+    finally:
+        readonly.chmod(0o700)
+    broken = write_run(tmp_path / "broken")
+    (broken / "results.json").write_text("[]")
+    assert main(["report", str(broken), "--out", str(afile)]) == 2  # the output is checked first
+    assert "--out" in capsys.readouterr().err
+
+
+def test_nan_in_an_old_record_reads_as_not_measured(tmp_path):
+    run = write_run(tmp_path / "r")
+    text = (run / "results.json").read_text().replace('"test_acc": 80.0', '"test_acc": NaN')
+    (run / "results.json").write_text(text)
+    result = report([run], tmp_path / "o", curves=False)
+    assert result.rows[0].stats["test_acc"].mean is None and not re.search(r"\bnan\b", result.markdown.lower())

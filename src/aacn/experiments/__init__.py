@@ -6,6 +6,8 @@
   started), then report;
 * :mod:`aacn.experiments.report` — ``aacn report``: markdown / CSV tables (mean ± std over seeds) and learning
   curves, read from run directories only;
+* :mod:`aacn.experiments.publish` — ``aacn report --publish results docs/RESULTS.md``: the published results
+  page, generated from the records under ``results/``;
 * :mod:`aacn.experiments.sweep` — ``aacn sweep``: a grid over model options and training fields;
 * :mod:`aacn.experiments.commands` — the CLI verbs above (and ``attention-maps``).
 

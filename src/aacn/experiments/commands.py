@@ -7,6 +7,7 @@ can make raise :class:`aacn.errors.UserError`, which the CLI prints as one line 
 from __future__ import annotations
 
 import argparse
+import re
 
 from aacn.errors import UserError
 
@@ -43,9 +44,22 @@ def _reproduce(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    if args.publish:
+        from aacn.experiments.publish import publish
+
+        if args.run_dirs or args.out or args.partial:
+            raise UserError("--publish RESULTS_DIR OUT_MD reads every finished record under RESULTS_DIR: give no "
+                            "RUN_DIR, --out or --partial with it")
+        published = publish(*args.publish, allow_mixed_data=args.allow_mixed_data)
+        print(f"wrote {', '.join(str(p) for p in published.files)}")
+        return 0
     from aacn.experiments.report import report
 
-    result = report(args.run_dirs, args.out, partial=args.partial, extended=not args.basic)
+    if not args.run_dirs:
+        raise UserError("no run directories given; pass folders written by 'aacn train', or --publish RESULTS_DIR "
+                        "OUT_MD")
+    result = report(args.run_dirs, args.out, partial=args.partial, extended=not args.basic,
+                    provenance=args.extended, allow_mixed_data=args.allow_mixed_data)
     print(result.markdown)
     print(f"\nwrote {', '.join(str(p) for p in result.files)}")
     return 0
@@ -153,10 +167,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "report", help="tabulate finished runs (markdown, CSV, learning curves)",
         description="Read run directories and write report.md, report.csv and learning_curves.png; runs that "
                     "differ only in their seed share a row (mean ± std).")
-    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("run_dirs", nargs="*", metavar="RUN_DIR")
     p.add_argument("--out", help="where to write (default: the common parent of the run directories)")
     p.add_argument("--partial", action="store_true", help="include unfinished runs (last epoch, marked *)")
     p.add_argument("--basic", action="store_true", help="accuracy and time only (no params/memory/images/s)")
+    p.add_argument("--extended", action="store_true",
+                   help="add every run's provenance: aacn version, commit, torch/CUDA/cuDNN, device, precision, "
+                        "compile, data")
+    p.add_argument("--allow-mixed-data", action="store_true",
+                   help="tabulate runs trained on different images (different data fingerprints) together")
+    p.add_argument("--publish", nargs=2, metavar=("RESULTS_DIR", "OUT_MD"),
+                   help="write OUT_MD (e.g. docs/RESULTS.md) from the published records under RESULTS_DIR: every "
+                        "table per scale, the anchors, learning curves and provenance")
     p.set_defaults(func=_report)
 
     p = subparsers.add_parser(
@@ -183,6 +205,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="query pixels as X,Y = column,row in the 32x32 image (default: a few spread out)")
     p.add_argument("--out", help="PNG to write (default RUN_DIR/attention-<layer>-img<I>.png)")
     p.add_argument("--data-dir", help="CIFAR location (default: the run's)")
+    # argparse takes "-1,3" for an option; read it as a pixel so the error says coordinates cannot be negative.
+    p._negative_number_matcher = re.compile(r"^-\d+$|^-\d*\.\d+$|^-?\d+,-?\d+$")
     p.set_defaults(func=_attention_maps)
 
     p = subparsers.add_parser(

@@ -4,15 +4,29 @@ A report groups runs whose configurations are equal except for the seed (and the
 ``out`` or ``device``), so several seeds of one model become one row showing ``mean ± std`` (sample standard
 deviation, ``ddof=1``). Rows are named from the config by :func:`run_label` ("AA-WRN-28-10", "ResNet-34 (no
 aug)"); when two different groups would get the same name, the config fields on which they differ are appended.
+Anchor records (``aacn anchor``: public baselines such as airbench94) get their own rows, "airbench94 (anchor)".
 
 Columns follow the replication's layout: train / validation / test top-1 accuracy (percent) and training time;
-``extended`` adds parameters, peak memory and images/s (Table 2); a CIFAR-100 run adds test top-5.
+test accuracy with flip test-time augmentation when a run measured it; ``extended`` adds parameters, peak
+memory and images/s (Table 2); a CIFAR-100 run adds test top-5. Every number is read from the run's
+``results.json`` as training wrote it; nothing measured (``null``, or the ``NaN`` of older records) shows "—".
+
+Data: each record names the data it was trained on (``official`` or ``not official``, with fingerprints of the
+loaded images). Rows trained on data that is not official are marked ``†`` and rows whose record predates data
+provenance ``‡``, with footnotes. Runs of one dataset on different images (different test fingerprints or
+labels) are refused in one table unless ``allow_mixed_data``; then a Data column tells them apart.
+``provenance=True`` (``aacn report --extended``) adds a table of every run's code, software, device, precision
+and compile settings; records without them show "unknown".
 
 Unfinished runs (no ``results.json``) are refused with a message naming them, unless ``partial=True``: then
 they are shown from their last finished epoch, marked ``*``, with no test accuracy.
 
-Outputs (in ``out``): ``report.md`` (the table plus the settings and run folders of each row), ``report.csv``
-(one row per group; ``<metric>_mean`` / ``<metric>_std`` columns, raw units) and ``learning_curves.png``.
+A record that is not what ``aacn train`` writes (invalid JSON, a list where an object belongs, a string where a
+number belongs) is one :class:`UserError` naming the file. ``out`` is checked before any record is read.
+
+Outputs (in ``out``, each written atomically): ``report.md`` (the table plus the settings and run folders of
+each row), ``report.csv`` (one row per group; ``<metric>_mean`` / ``<metric>_std`` columns, raw units) and
+``learning_curves.png``.
 """
 
 from __future__ import annotations
@@ -29,6 +43,7 @@ from typing import Any
 
 from aacn.config import RESUME_MUTABLE
 from aacn.errors import UserError
+from aacn.files import atomic_write, check_output_dir
 from aacn.train.records import RunDir
 
 __all__ = [
@@ -42,6 +57,11 @@ __all__ = [
     "ReportResult",
     "load_run",
     "load_runs",
+    "check_same_data",
+    "data_label",
+    "data_text",
+    "data_marks",
+    "provenance_table",
     "group_runs",
     "run_label",
     "flat_config",
@@ -57,40 +77,71 @@ __all__ = [
 GROUP_IGNORED = frozenset({"seed"}) | RESUME_MUTABLE
 
 # Numbers collected per run, named as in results.json.
-METRICS = ("train_acc", "val_acc", "test_acc", "test_top5", "train_time_s", "params", "peak_mem_bytes",
-           "images_per_s", "flops_per_image")
+METRICS = ("train_acc", "val_acc", "test_acc", "test_acc_tta", "test_top5", "train_time_s", "params",
+           "peak_mem_bytes", "images_per_s", "flops_per_image")
 
 
 @dataclass
 class RunRecord:
-    """What a report knows about one run directory (all read from its files)."""
+    """What a report knows about one run directory (all read from its files).
+
+    ``kind`` is ``"train"`` for an ``aacn train`` run and ``"anchor"`` for an anchor baseline (airbench), whose
+    ``config`` names the anchor instead of a model. ``provenance`` (code, software, device) and ``data`` (label and
+    fingerprints of the images) are ``None`` for records written before runs recorded them.
+    """
 
     path: Path
     config: dict[str, Any]
     info: dict[str, Any]
     results: dict[str, Any] | None
     metrics: list[dict[str, Any]]
+    kind: str = "train"
+    provenance: dict[str, Any] | None = None
+    data: dict[str, Any] | None = None
 
     @property
     def finished(self) -> bool:
         return self.results is not None
 
+    @property
+    def is_anchor(self) -> bool:
+        return self.kind == "anchor"
+
+    @property
+    def label(self) -> str:
+        """Row name: :func:`run_label` of a training run, ``"airbench94 (anchor)"`` for an anchor."""
+        if self.is_anchor:
+            return f"{self.config.get('anchor', '?')} (anchor)"
+        return run_label(self.config)
+
+    @property
+    def fields(self) -> dict[str, Any]:
+        """The config fields that tell rows apart (see :func:`flat_config`)."""
+        if self.is_anchor:
+            return {"kind": "anchor", **{k: v for k, v in self.config.items() if k not in GROUP_IGNORED}}
+        return flat_config(self.config)
+
+    @property
+    def dataset(self) -> str:
+        return str(self.config.get("dataset", "cifar10"))
+
     def values(self) -> dict[str, float | None]:
-        """The numbers of :data:`METRICS`; for an unfinished run, taken from its last finished epoch."""
+        """The numbers of :data:`METRICS`, as ``results.json`` holds them (``None`` where it has none).
+
+        An unfinished run has no ``results.json``: its accuracies come from its last finished epoch, its training
+        time is the sum of its epoch times so far, its speed their mean and its memory their peak.
+        """
         if self.results is not None:
-            res = self.results
-            out = {k: res.get(k) for k in METRICS}
-            if out["train_time_s"] is None:
-                out["train_time_s"] = res.get("wall_time_s")
-            return out
+            return {k: self.results.get(k) for k in METRICS}
         last = self.metrics[-1] if self.metrics else {}
-        times = [m.get("epoch_time_s") for m in self.metrics if m.get("epoch_time_s") is not None]
-        speeds = [m.get("images_per_s") for m in self.metrics if m.get("images_per_s") is not None]
-        mems = [m.get("peak_mem_bytes") for m in self.metrics if m.get("peak_mem_bytes") is not None]
+        times = [m["epoch_time_s"] for m in self.metrics if m.get("epoch_time_s") is not None]
+        speeds = [m["images_per_s"] for m in self.metrics if m.get("images_per_s") is not None]
+        mems = [m["peak_mem_bytes"] for m in self.metrics if m.get("peak_mem_bytes") is not None]
         return {
             "train_acc": last.get("train_acc"),
             "val_acc": last.get("val_acc"),
             "test_acc": None,
+            "test_acc_tta": None,
             "test_top5": None,
             "train_time_s": sum(times) if times else None,
             "params": self.info.get("params"),
@@ -100,17 +151,86 @@ class RunRecord:
         }
 
 
+def _type_name(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string"}.get(type(value), type(value).__name__)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}); restore or remove the record"
+                        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise UserError(f"{path} cannot be read ({reason}); fix its permissions or restore the record") from None
+
+
+def _object(value: Any, path: Path, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise UserError(f"{path}: {what} is {_type_name(value)}, not a JSON object; the record is damaged or was "
+                        f"not written by aacn; restore or remove it")
+    return value
+
+
+def _optional_object(value: Any, path: Path, what: str) -> dict[str, Any] | None:
+    return None if value is None else _object(value, path, what)
+
+
+def _is_number(value: Any) -> bool:
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def _check_numbers(row: dict[str, Any], keys: Sequence[str], path: Path, where: str = "") -> None:
+    for key in keys:
+        if not _is_number(row.get(key)):
+            raise UserError(f"{path}: {where}{key!r} is {row[key]!r}, not a number; the record is damaged or was "
+                            f"not written by aacn; restore or remove it")
+
+
+# Per-epoch numbers a report reads from metrics.jsonl.
+EPOCH_METRICS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "epoch_time_s", "images_per_s",
+                 "peak_mem_bytes")
+
+
 def load_run(path: str | os.PathLike) -> RunRecord:
-    """Read one run directory; :class:`UserError` if it is not one."""
+    """Read one run directory; :class:`UserError` naming the file if it is not one or a file is malformed."""
     run = RunDir(path)
     if not run.path.is_dir():
         raise UserError(f"run directory {run.path} does not exist; pass folders written by 'aacn train'")
     if not run.config_path.is_file():
         raise UserError(f"{run.path} is not a run directory (no config.json); pass folders written by 'aacn train'")
-    stored = run.read_config()
-    config = stored.get("config", stored)
-    results = run.read_results() if run.is_finished() else None
-    return RunRecord(run.path, config, stored.get("info", {}), results, run.read_metrics())
+    stored = _object(_read_json(run.config_path), run.config_path, "the file")
+    config = _object(stored.get("config", stored), run.config_path, "'config'")
+    kind = "anchor" if stored.get("kind") == "anchor" else "train"
+    if kind == "train":
+        _object(config.get("model_kwargs") or {}, run.config_path, "'config.model_kwargs'")
+    info = _object(stored.get("info") or {}, run.config_path, "'info'")
+    _check_numbers(info, ("params",), run.config_path, "info ")
+    results = None
+    if run.results_path.exists():
+        results = _object(_read_json(run.results_path), run.results_path, "the file")
+        _check_numbers(results, (*METRICS, "wall_time_s"), run.results_path)
+    try:
+        metrics = run.read_metrics()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{run.metrics_path} cannot be read ({exc}); fix its permissions or restore it") from None
+    for i, row in enumerate(metrics, 1):
+        _object(row, run.metrics_path, f"line {i}")
+        _check_numbers(row, EPOCH_METRICS, run.metrics_path, f"line {i}: ")
+    source = results if results is not None and "provenance" in results else stored
+    provenance = _optional_object(source.get("provenance"), run.results_path if source is results else
+                                  run.config_path, "'provenance'")
+    source = results if results is not None and "data" in results else stored
+    data = _optional_object(source.get("data"), run.results_path if source is results else run.config_path,
+                            "'data'")
+    if data is not None:
+        where = run.results_path if source is results else run.config_path
+        _optional_object(data.get("fingerprint"), where, "'data.fingerprint'")
+        if not isinstance(data.get("differing_files") or [], list):
+            raise UserError(f"{where}: 'data.differing_files' is {_type_name(data['differing_files'])}, not a list; "
+                            f"the record is damaged or was not written by aacn; restore or remove it")
+    return RunRecord(run.path, config, info, results, metrics, kind, provenance, data)
 
 
 def load_runs(paths: Sequence[str | os.PathLike], *, partial: bool = False) -> list[RunRecord]:
@@ -148,26 +268,29 @@ def _model_name(model: str) -> str:
 
 def run_label(config: dict[str, Any]) -> str:
     """Row name of a run in the replication's style, e.g. ``AA-WRN-28-10``, ``AA-NRE-WRN-28-10`` (attention
-    without relative position embeddings), ``ResNet-34 (no aug)``."""
-    kwargs = config.get("model_kwargs") or {}
-    label = _model_name(str(config.get("model", "?")))
-    attention = kwargs.get("attention", "none")
+    without relative position embeddings), ``ResNet-34 (no aug)``. Options are read through :func:`flat_config`."""
+    flat = flat_config(config)
+    label = _model_name(str(flat.get("model", "?")))
+    attention = flat.get("attention", "none")
     if attention not in (None, "none", "", []):
-        label = ("AA-" if kwargs.get("relative", True) else "AA-NRE-") + label
-    if not config.get("augment", True):
+        label = ("AA-" if flat.get("relative", True) else "AA-NRE-") + label
+    if not flat.get("augment", True):
         label += " (no aug)"
     return label
 
 
 def flat_config(config: dict[str, Any]) -> dict[str, Any]:
-    """Config fields that tell rows apart: ``model_kwargs`` merged in, ignored fields dropped."""
+    """Config fields that tell rows apart: ``model_kwargs`` merged in, ignored fields dropped.
+
+    The one place a report reads a run's options from its stored config.
+    """
     flat = {k: v for k, v in config.items() if k not in GROUP_IGNORED and k != "model_kwargs"}
     flat.update(config.get("model_kwargs") or {})
     return flat
 
 
-def _key(config: dict[str, Any]) -> str:
-    return json.dumps(flat_config(config), sort_keys=True, default=str)
+def _key(fields: dict[str, Any]) -> str:
+    return json.dumps(fields, sort_keys=True, default=str)
 
 
 def short_value(value: Any) -> str:
@@ -187,7 +310,9 @@ class Stat:
 
 
 def _stat(values: list[float | None]) -> Stat:
-    vals = [float(v) for v in values if v is not None]
+    """Statistics of the measured values; ``None`` and the ``NaN`` of records written before records were strict
+    JSON both mean "not measured"."""
+    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
     if not vals:
         return Stat(None, None, 0)
     mean = sum(vals) / len(vals)
@@ -217,9 +342,10 @@ def group_runs(records: Sequence[RunRecord]) -> list[ReportRow]:
     """Group runs by config minus seed, in order of first appearance, with unique labels."""
     groups: dict[str, ReportRow] = {}
     for rec in records:
-        key = _key(rec.config)
+        fields = rec.fields
+        key = _key(fields)
         if key not in groups:
-            groups[key] = ReportRow(run_label(rec.config), [], flat_config(rec.config))
+            groups[key] = ReportRow(rec.label, [], fields)
         groups[key].runs.append(rec)
     rows = list(groups.values())
     by_label: dict[str, list[ReportRow]] = {}
@@ -278,6 +404,7 @@ BASIC_COLUMNS: list[Column] = [
     ("test_acc", "Test acc. (%)", _fmt_pct),
 ]
 TOP5_COLUMN: Column = ("test_top5", "Test top-5 (%)", _fmt_pct)
+TTA_COLUMN: Column = ("test_acc_tta", "Test acc. TTA (%)", _fmt_pct)
 TIME_COLUMN: Column = ("train_time_s", "Training time", _fmt_time)
 EXTENDED_COLUMNS: list[Column] = [
     ("params", "Params", format_params),
@@ -287,8 +414,11 @@ EXTENDED_COLUMNS: list[Column] = [
 
 
 def columns_for(rows: Sequence[ReportRow], extended: bool) -> list[Column]:
-    """The report's metric columns: top-5 when any row is CIFAR-100, extras for ``extended``."""
+    """The report's metric columns: flip-TTA test accuracy when any row has it, top-5 when any row is
+    CIFAR-100, extras for ``extended``."""
     cols = list(BASIC_COLUMNS)
+    if any(r.stats.get("test_acc_tta", Stat(None, None, 0)).n for r in rows):
+        cols.append(TTA_COLUMN)
     if any(r.fields.get("dataset") == "cifar100" for r in rows):
         cols.append(TOP5_COLUMN)
     cols.append(TIME_COLUMN)
@@ -297,28 +427,33 @@ def columns_for(rows: Sequence[ReportRow], extended: bool) -> list[Column]:
     return cols
 
 
-def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A GitHub-flavoured markdown table with padded columns (text left, everything else right)."""
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, align_right: bool = True) -> str:
+    """A GitHub-flavoured markdown table with padded columns (the first left, the others right unless
+    ``align_right`` is off)."""
     widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) for i, h in enumerate(headers)]
 
     def line(cells: Sequence[str]) -> str:
         pairs = enumerate(zip(cells, widths, strict=True))
-        padded = (str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in pairs)
+        padded = (str(c).ljust(w) if i == 0 or not align_right else str(c).rjust(w) for i, (c, w) in pairs)
         return "| " + " | ".join(padded) + " |"
 
-    rule = "|" + "|".join(("-" * (w + 1) + ":") if i else ("-" * (w + 2)) for i, w in enumerate(widths)) + "|"
+    rule = "|" + "|".join(("-" * (w + 1) + ":") if i and align_right else ("-" * (w + 2))
+                          for i, w in enumerate(widths)) + "|"
     return "\n".join([line(headers), rule, *(line(r) for r in rows)])
 
 
 def format_rows(
-    rows: Sequence[ReportRow], columns: Sequence[Column], *, lead: Sequence[tuple[str, Callable]] = ()
+    rows: Sequence[ReportRow], columns: Sequence[Column], *, lead: Sequence[tuple[str, Callable]] = (),
+    trail: Sequence[tuple[str, Callable]] = (), marks: dict[int, str] | None = None,
 ) -> str:
-    """Markdown table of ``rows``: Model, Runs, the ``lead`` columns (header, row -> text), then ``columns``."""
-    headers = ["Model", "Runs", *(h for h, _ in lead), *(h for _, h, _ in columns)]
+    """Markdown table of ``rows``: Model, Runs, the ``lead`` columns (header, row -> text), ``columns``, then the
+    ``trail`` columns. ``marks`` (row index -> text, e.g. from :func:`data_marks`) are appended to row names."""
+    marks = marks or {}
+    headers = ["Model", "Runs", *(h for h, _ in lead), *(h for _, h, _ in columns), *(h for h, _ in trail)]
     body = [
-        [row.label + (" *" if row.partial else ""), str(len(row.runs)), *(f(row) for _, f in lead),
-         *(fmt(row.stats[m]) for m, _, fmt in columns)]
-        for row in rows
+        [row.label + (" *" if row.partial else "") + (f" {marks[i]}" if i in marks else ""), str(len(row.runs)),
+         *(f(row) for _, f in lead), *(fmt(row.stats[m]) for m, _, fmt in columns), *(f(row) for _, f in trail)]
+        for i, row in enumerate(rows)
     ]
     return markdown_table(headers, body)
 
@@ -326,6 +461,10 @@ def format_rows(
 def settings_line(row: ReportRow) -> str:
     """How a row's runs were trained, in one line (for report.md)."""
     f = row.fields
+    if row.runs[0].is_anchor:
+        extra = [f"{k} {short_value(v)}" for k, v in f.items() if k not in ("kind", "anchor", "dataset")]
+        return "; ".join([f"anchor {f.get('anchor')} on {f.get('dataset')}", *extra,
+                          "seeds " + ",".join(map(str, row.seeds))])
     kwargs = {k: v for k, v in f.items() if k in (row.runs[0].config.get("model_kwargs") or {})}
     parts = [f"{f.get('model')} on {f.get('dataset')}", f"{f.get('epochs')} epochs", f"recipe {f.get('recipe')}",
              f"batch {f.get('batch_size')}", "augmented" if f.get("augment") else "no augmentation"]
@@ -353,6 +492,151 @@ def rows_csv(rows: Sequence[ReportRow], extra: Sequence[str] = ()) -> str:
     return buf.getvalue()
 
 
+# ------------------------------------------------------------------------------------- data, provenance
+UNKNOWN = "unknown"
+NOT_OFFICIAL_MARK = "†"
+UNKNOWN_DATA_MARK = "‡"
+
+
+def data_label(rec: RunRecord) -> str:
+    """``"official"``, ``"not official"`` or ``"unknown"`` (a record written before runs recorded their data)."""
+    if rec.data is None:
+        return UNKNOWN
+    return str(rec.data.get("label") or UNKNOWN)
+
+
+def test_fingerprint(rec: RunRecord) -> str | None:
+    """The recorded fingerprint of the run's test set, if any."""
+    fingerprint = (rec.data or {}).get("fingerprint") or {}
+    value = fingerprint.get("test")
+    return None if value is None else str(value)
+
+
+def _short_fp(fingerprint: str | None) -> str:
+    return UNKNOWN if fingerprint is None else fingerprint[:12]
+
+
+def data_text(rec: RunRecord) -> str:
+    """The run's data in a few words: label and the start of its test fingerprint."""
+    label = data_label(rec)
+    fingerprint = test_fingerprint(rec)
+    return label if fingerprint is None else f"{label}, test {_short_fp(fingerprint)}"
+
+
+def check_same_data(records: Sequence[RunRecord], *, allow_mixed: bool = False, what: str = "one table") -> bool:
+    """Refuse runs of one dataset trained on different images (different test fingerprints or data labels).
+
+    Records that do not say which data they used cannot be compared and are let through (their rows are marked
+    instead). Returns whether the data is mixed; raises :class:`UserError` for mixed data unless ``allow_mixed``.
+    """
+    mixed = False
+    by_dataset: dict[str, dict[tuple[str, str | None], list[RunRecord]]] = {}
+    for rec in records:
+        if rec.data is not None:
+            by_dataset.setdefault(rec.dataset, {}).setdefault((data_label(rec), test_fingerprint(rec)), []).append(rec)
+    for dataset, kinds in by_dataset.items():
+        if len(kinds) < 2:
+            continue
+        mixed = True
+        if not allow_mixed:
+            described = "; ".join(
+                f"{label}, test fingerprint {_short_fp(fp)}: {', '.join(str(r.path) for r in runs[:3])}"
+                + (f" and {len(runs) - 3} more" if len(runs) > 3 else "")
+                for (label, fp), runs in sorted(kinds.items(), key=lambda kv: (kv[0][0], kv[0][1] or ""))
+            )
+            raise UserError(f"runs on different {dataset} data in {what} ({described}); compare runs trained on "
+                            f"the same images, or pass --allow-mixed-data to tabulate them anyway")
+    return mixed
+
+
+def data_marks(rows: Sequence[ReportRow]) -> tuple[dict[int, str], list[str]]:
+    """Marks for rows trained on data that is not official (``†``) or of unknown origin (``‡``), and their notes.
+
+    Returns ``({row index: mark}, footnote lines)``; the footnote of ``†`` names each such data set's label,
+    test fingerprint and the files that differ from the official ones.
+    """
+    marks: dict[int, str] = {}
+    unofficial: dict[tuple[str, str | None], tuple[str, list[str]]] = {}
+    unknown = False
+    for i, row in enumerate(rows):
+        mark = ""
+        for rec in row.runs:
+            label = data_label(rec)
+            if label == UNKNOWN:
+                unknown = True
+                mark += UNKNOWN_DATA_MARK if UNKNOWN_DATA_MARK not in mark else ""
+            elif label != "official":
+                files = [str(f) for f in (rec.data or {}).get("differing_files") or []]
+                unofficial.setdefault((rec.dataset, test_fingerprint(rec)), (label, files))
+                mark = NOT_OFFICIAL_MARK + mark if NOT_OFFICIAL_MARK not in mark else mark
+        if mark:
+            marks[i] = mark
+    notes = []
+    for (dataset, fp), (label, files) in sorted(unofficial.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
+        differing = f"; files that differ from the official ones: {', '.join(files)}" if files else ""
+        notes.append(f"{NOT_OFFICIAL_MARK} trained on {dataset} data labelled '{label}' (not the official files; "
+                     f"test fingerprint {_short_fp(fp)}){differing}.")
+    if unknown:
+        notes.append(f"{UNKNOWN_DATA_MARK} the record does not say which data it was trained on (written before "
+                     "records held data provenance).")
+    return marks, notes
+
+
+def _commit_text(prov: dict[str, Any]) -> str:
+    commit = prov.get("git_commit")
+    if not commit:
+        return UNKNOWN
+    dirty = prov.get("git_dirty")
+    return str(commit)[:12] + (" +dirty" if dirty else "" if dirty is not None else " (dirty?)")
+
+
+def _device_text(prov: dict[str, Any]) -> str:
+    name = prov.get("device_name") or prov.get("device")
+    if not name:
+        return UNKNOWN
+    count = prov.get("device_count")
+    return f"{name} x{count}" if count not in (None, 1) else str(name)
+
+
+def _compile_text(prov: dict[str, Any]) -> str:
+    if "compile" not in prov:
+        return UNKNOWN
+    if not prov["compile"]:
+        return "off"
+    return f"on ({prov['compile_mode']})" if prov.get("compile_mode") else "on"
+
+
+def _value_text(prov: dict[str, Any], key: str) -> str:
+    value = prov.get(key)
+    return UNKNOWN if value is None else str(value)
+
+
+# Provenance columns: header, record -> text. Records without provenance show "unknown".
+PROVENANCE_COLUMNS: list[tuple[str, Callable[[RunRecord], str]]] = [
+    ("aacn", lambda r: _value_text(r.provenance or {}, "aacn_version")),
+    ("Commit", lambda r: _commit_text(r.provenance or {})),
+    ("torch", lambda r: _value_text(r.provenance or {}, "torch")),
+    ("CUDA", lambda r: _value_text(r.provenance or {}, "cuda") if r.provenance else UNKNOWN),
+    ("cuDNN", lambda r: _value_text(r.provenance or {}, "cudnn") if r.provenance else UNKNOWN),
+    ("Device", lambda r: _device_text(r.provenance or {})),
+    ("Precision", lambda r: _value_text(r.provenance or {}, "precision")),
+    ("Compile", lambda r: _compile_text(r.provenance or {})),
+    ("Data", data_text),
+]
+
+
+def provenance_table(rows: Sequence[ReportRow], run_name: Callable[[RunRecord], str] = lambda r: str(r.path)) -> str:
+    """Markdown table with one line per run: its row, folder and every :data:`PROVENANCE_COLUMNS` entry."""
+    headers = ["Model", "Run", *(h for h, _ in PROVENANCE_COLUMNS)]
+    body = [[row.label, run_name(rec), *(f(rec) for _, f in PROVENANCE_COLUMNS)] for row in rows for rec in row.runs]
+    return markdown_table(headers, body, align_right=False)
+
+
+def row_values(row: ReportRow, text: Callable[[RunRecord], str]) -> str:
+    """The distinct values of ``text`` over a row's runs, in run order, joined by commas."""
+    return ", ".join(dict.fromkeys(text(r) for r in row.runs))
+
+
 def default_out(paths: Sequence[str | os.PathLike]) -> Path:
     """The common parent folder of the run directories (the current folder if they share none)."""
     try:
@@ -376,40 +660,65 @@ def report(
     *,
     partial: bool = False,
     extended: bool = True,
+    provenance: bool = False,
+    allow_mixed_data: bool = False,
     title: str = "Results",
     curves: bool = True,
 ) -> ReportResult:
     """Summarise run directories into ``out/report.md``, ``out/report.csv`` and ``out/learning_curves.png``.
 
+    ``out`` is checked before any record is read; every file is written atomically. Rows trained on data that
+    is not official are marked ``†`` (``‡`` where the record does not say), with a footnote naming the data.
+
     Args:
-        run_dirs: folders written by ``aacn train`` (or ``aacn reproduce`` / ``aacn sweep``).
+        run_dirs: folders written by ``aacn train`` (or ``aacn reproduce`` / ``aacn sweep`` / ``aacn anchor``).
         out: where to write; default: the common parent of ``run_dirs``.
         partial: include unfinished runs (marked ``*``) instead of refusing them.
         extended: add parameter, peak-memory and images/s columns.
+        provenance: add a table of every run's provenance (code, software, device, precision, compile, data).
+        allow_mixed_data: tabulate runs of one dataset trained on different images instead of refusing them.
         title: heading of ``report.md``.
         curves: draw the learning curves.
+
+    Raises:
+        UserError: an unusable ``out``, a folder that is no run, a malformed record (naming the file), an
+            unfinished run without ``partial``, or runs on different data without ``allow_mixed_data``.
     """
+    if not run_dirs:
+        raise UserError("no run directories given; pass one or more folders written by 'aacn train'")
+    out_dir = check_output_dir(out if out is not None else default_out(run_dirs), "--out")
     records = load_runs(run_dirs, partial=partial)
+    mixed = check_same_data(records, allow_mixed=allow_mixed_data)
     rows = group_runs(records)
-    table = format_rows(rows, columns_for(rows, extended))
-    notes = []
+    marks, data_notes = data_marks(rows)
+    lead = [("Data", lambda r: row_values(r, data_text))] if mixed else []
+    table = format_rows(rows, columns_for(rows, extended), lead=lead, marks=marks)
+    notes = list(data_notes)
     if any(r.partial for r in rows):
         notes.append("\\* unfinished: last finished epoch shown; no test accuracy yet.")
     if any(len(r.runs) > 1 for r in rows):
         notes.append("Several runs per row: mean ± sample standard deviation over seeds.")
-    out_dir = Path(out) if out is not None else default_out(run_dirs)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if mixed:
+        notes.append("Rows were trained on different data (see the Data column): their accuracies are not "
+                     "directly comparable.")
+    shown = "\n".join([table, "", *notes] if notes else [table])
     md = [f"# {title}", "", table, ""]
     md += [*notes, ""] if notes else []
+    if provenance:
+        prov = provenance_table(rows)
+        md += ["## Provenance", "", prov, ""]
+        shown += "\n\n" + prov
     md += ["## Settings", ""]
     md += [f"- **{r.label}**: {settings_line(r)}; runs: {', '.join(str(x.path) for x in r.runs)}" for r in rows]
     files = [out_dir / "report.md", out_dir / "report.csv"]
-    files[0].write_text("\n".join(md) + "\n")
-    files[1].write_text(rows_csv(rows))
+    text, csv_text = "\n".join(md) + "\n", rows_csv(rows)
+    atomic_write(files[0], lambda fh: fh.write(text))
+    atomic_write(files[1], lambda fh: fh.write(csv_text))
     if curves:
         from aacn.viz.curves import plot_learning_curves
 
         files.append(plot_learning_curves(
-            [(r.label, [x.metrics for x in r.runs]) for r in rows], out_dir / "learning_curves.png", title=title
+            [(r.label, [x.metrics for x in r.runs]) for r in rows if not r.runs[0].is_anchor],
+            out_dir / "learning_curves.png", title=title,
         ))
-    return ReportResult("\n".join([table, *notes]), rows, files)
+    return ReportResult(shown, rows, files)

@@ -26,6 +26,7 @@ from torch import nn
 
 from aacn.config import RunConfig
 from aacn.errors import UserError
+from aacn.files import check_output_dir, check_output_file
 from aacn.train.records import RunDir
 
 __all__ = [
@@ -72,8 +73,9 @@ def default_layer(layers: Sequence[dict]) -> str:
 def _check_pixels(pixels: Sequence[tuple[int, int]], height: int, width: int) -> list[tuple[int, int]]:
     for x, y in pixels:
         if not (0 <= x < width and 0 <= y < height):
-            raise UserError(f"--pixels {x},{y} is outside the {width}x{height} image: x (column) must be in "
-                            f"0..{width - 1} and y (row) in 0..{height - 1}")
+            negative = "coordinates cannot be negative; " if x < 0 or y < 0 else ""
+            raise UserError(f"--pixels {x},{y} is outside the {width}x{height} image: {negative}x (column) must be "
+                            f"in 0..{width - 1} and y (row) in 0..{height - 1}")
     return [(int(x), int(y)) for x, y in pixels]
 
 
@@ -225,7 +227,15 @@ def attention_maps_command(
     out: str | os.PathLike | None = None,
     data_dir: str | os.PathLike | None = None,
 ) -> Path:
-    """What ``aacn attention-maps`` does: compute the maps and write the PNG (default inside ``run_dir``)."""
+    """What ``aacn attention-maps`` does: compute the maps and write the PNG (default inside ``run_dir``).
+
+    The output path is checked before the model is built or any data is loaded: a folder, a read-only place or
+    a path below a file is one :class:`UserError` naming ``--out``.
+    """
+    if out is not None:
+        check_output_file(out, "--out")
+    elif Path(run_dir).is_dir():
+        check_output_dir(run_dir, "--out")  # the default: inside RUN_DIR
     maps = compute_attention_maps(run_dir, layer=layer, image=image, pixels=pixels, data_dir=data_dir)
     path = Path(out) if out is not None else Path(run_dir) / f"attention-{maps.layer}-img{image}.png"
     return plot_attention_maps(maps, path)

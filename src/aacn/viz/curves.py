@@ -14,15 +14,16 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from aacn.files import atomic_write
+
 __all__ = ["plot_learning_curves", "plot_accuracy_vs_params", "save_figure"]
 
 
 def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 120) -> Path:
-    """Write ``fig`` as PNG (parent folders created) and return the path."""
+    """Write ``fig`` as PNG, atomically (parent folders created), and return the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=dpi, bbox_inches="tight"), binary=True)
     return path
 
 
@@ -45,7 +46,7 @@ def plot_learning_curves(
     for i, (label, runs) in enumerate(curves):
         color = f"C{i % 10}"
         for j, rows in enumerate(runs):
-            epochs = [r["epoch"] for r in rows]
+            epochs = [r.get("epoch", n + 1) for n, r in enumerate(rows)]  # rows without "epoch": in order
             for ax, key in ((ax_acc, "acc"), (ax_loss, "loss")):
                 for split, style in (("train", "--"), ("val", "-")):
                     ys = [r.get(f"{split}_{key}") for r in rows]
