@@ -45,15 +45,15 @@ from pathlib import Path
 rank = os.environ.get("RANK", "0")
 log_dir = os.environ.get("AACN_TEST_WRITE_LOG")
 if log_dir:
-    import aacn.train.records as records
-    original = records.atomic_write
+    import aacn.files as files
+    original = files.atomic_write
 
     def logged(path, write, *, binary=False):
         with open(Path(log_dir) / f"rank-{rank}.txt", "a") as fh:
             fh.write(f"{path}\\n")
         original(path, write, binary=binary)
 
-    records.atomic_write = logged
+    files.atomic_write = logged
 
 die_after = os.environ.get("AACN_TEST_DIE_AFTER")
 if die_after and rank == "1" and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0":

@@ -118,8 +118,6 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_cifar10, tmp_path
 
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_cifar10, tmp_path, monkeypatch, capsys):
-    import aacn.train.loop as loop
-
     calls = {"n": 0}
 
     class Poisoned(torch.nn.CrossEntropyLoss):
@@ -128,7 +126,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_cifar10,
             loss = super().forward(logits, target)
             return loss * float("nan") if calls["n"] > 10 else loss  # epoch 2 (8 steps per epoch)
 
-    monkeypatch.setattr(loop.nn, "CrossEntropyLoss", Poisoned)
+    monkeypatch.setattr(torch.nn, "CrossEntropyLoss", Poisoned)
     out = tmp_path / "nan"
     assert main(tiny_args(tiny_cifar10, out)) == 2
     err = capsys.readouterr().err.strip().splitlines()
