@@ -141,6 +141,16 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from aacn.inference import evaluate_run
+
+    r = evaluate_run(args.run_dir, dataset=args.dataset, tta=args.tta, data_dir=args.data_dir, device=args.device)
+    tta = f"; flip TTA top-1 {r['test_acc_tta']:.2f}%  top-5 {r['test_top5_tta']:.2f}%" if args.tta else ""
+    print(f"{r['run']} on {r['dataset']} test: top-1 {r['test_acc']:.2f}%  top-5 {r['test_top5']:.2f}%  "
+          f"loss {r['test_loss']:.4f}{tta}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from aacn import __version__
 
@@ -156,6 +166,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     train.add_argument("--overwrite", action="store_true", help="discard whatever --out holds and start over")
     train.set_defaults(func=_train)
+
+    evaluate = sub.add_parser("evaluate", help="test accuracy of a trained run, as the run computed it",
+                              description="Test loss, top-1 and top-5 accuracy of the model in a run's newest "
+                                          "checkpoint, built from the run's own config.json.")
+    evaluate.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by 'aacn train'")
+    evaluate.add_argument("--dataset", choices=DATASETS, help="default: the run's")
+    evaluate.add_argument("--tta", action="store_true", help="also with flip test-time augmentation")
+    evaluate.add_argument("--data-dir", help="where CIFAR lives (default: the run's --data-dir)")
+    evaluate.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    evaluate.set_defaults(func=_evaluate)
 
     from aacn.experiments import commands
 

@@ -94,10 +94,12 @@ class Loaders:
 
     def evaluation(self, split: Split) -> DeviceLoader:
         """An in-order loader over any split (e.g. the training images, for the final evaluation)."""
-        return _eval_loader(split, self.config, self.ctx, self.normalizer)
+        return evaluation_loader(split, self.config, self.ctx, self.normalizer)
 
 
-def _eval_loader(split: Split, config: RunConfig, ctx: distributed.Context, normalizer: Normalizer) -> DeviceLoader:
+def evaluation_loader(split: Split, config: RunConfig, ctx: distributed.Context,
+                      normalizer: Normalizer) -> DeviceLoader:
+    """In-order batches of ``split`` at the run's ``eval_batch_size`` and memory format."""
     return DeviceLoader(split, config.eval_batch_size, device=ctx.device, normalizer=normalizer, train=False,
                         rank=ctx.rank, world_size=ctx.world_size,
                         channels_last=uses_channels_last(config, ctx.device))
@@ -108,8 +110,8 @@ def build_loaders(data: CifarData, config: RunConfig, ctx: distributed.Context) 
     train = DeviceLoader(data.train, config.batch_size, device=ctx.device, normalizer=normalizer, train=True,
                          augment=config.augment, seed=config.seed, rank=ctx.rank, world_size=ctx.world_size,
                          channels_last=uses_channels_last(config, ctx.device))
-    return Loaders(train, _eval_loader(data.val, config, ctx, normalizer),
-                   _eval_loader(data.test, config, ctx, normalizer), normalizer, config, ctx)
+    return Loaders(train, evaluation_loader(data.val, config, ctx, normalizer),
+                   evaluation_loader(data.test, config, ctx, normalizer), normalizer, config, ctx)
 
 
 def build_learner(model: nn.Module, config: RunConfig, ctx: distributed.Context, *, steps_per_epoch: int,
