@@ -215,6 +215,7 @@ def exit_code(argv: list[str]) -> int:
         (["--dataset", "mnist"], "invalid choice"),
         (["--recipe", "adamw"], "unknown recipe"),
         (["--kappa", "1.5"], "--kappa: must be a fraction in (0, 1]"),
+        (["--compile-mode", "reduce-overhead"], "add --compile"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tiny_cifar10, tmp_path, capsys, change, message):

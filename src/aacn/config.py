@@ -90,6 +90,8 @@ class RunConfig:
             raise UserError(f"unknown --device {self.device!r}; choose one of {', '.join(DEVICES)} or cuda:N")
         if self.compile_mode not in COMPILE_MODES:
             raise UserError(f"unknown --compile-mode {self.compile_mode!r}; choose one of {', '.join(COMPILE_MODES)}")
+        if self.compile_mode != "default" and not self.compile:
+            raise UserError(f"--compile-mode {self.compile_mode} applies to a compiled model; add --compile")
         if self.checkpoint_keep < 1:
             raise UserError(f"checkpoint_keep must be >= 1, got {self.checkpoint_keep}")
         from aacn.train.recipes import RECIPES  # local import: recipes imports torch
