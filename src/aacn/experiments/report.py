@@ -30,6 +30,7 @@ from typing import Any
 from aacn.config import RESUME_MUTABLE
 from aacn.errors import UserError
 from aacn.train.records import RunDir
+from aacn.train.summary import summarize_partial
 
 __all__ = [
     "METRICS",
@@ -83,21 +84,7 @@ class RunRecord:
             if out["train_time_s"] is None:
                 out["train_time_s"] = res.get("wall_time_s")
             return out
-        last = self.metrics[-1] if self.metrics else {}
-        times = [m.get("epoch_time_s") for m in self.metrics if m.get("epoch_time_s") is not None]
-        speeds = [m.get("images_per_s") for m in self.metrics if m.get("images_per_s") is not None]
-        mems = [m.get("peak_mem_bytes") for m in self.metrics if m.get("peak_mem_bytes") is not None]
-        return {
-            "train_acc": last.get("train_acc"),
-            "val_acc": last.get("val_acc"),
-            "test_acc": None,
-            "test_top5": None,
-            "train_time_s": sum(times) if times else None,
-            "params": self.info.get("params"),
-            "peak_mem_bytes": max(mems) if mems else None,
-            "images_per_s": sum(speeds) / len(speeds) if speeds else None,
-            "flops_per_image": None,
-        }
+        return summarize_partial(self.metrics, self.info)
 
 
 def load_run(path: str | os.PathLike) -> RunRecord:
