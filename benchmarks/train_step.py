@@ -1,8 +1,8 @@
 """Images/s of one training step per model: eager vs channels-last vs AMP vs torch.compile, and DDP scaling.
 
-What is timed is what ``aacn train`` does per step, with its own parts: a batch from the real
-:class:`~aacn.data.loader.DeviceLoader` (on-device flip/crop/normalise of uint8 images), forward under autocast,
-cross-entropy, ``zero_grad``, (scaled) backward, optimiser and LR-scheduler step of a recipe
+What is timed is the step ``aacn train`` runs, :func:`aacn.train.step.train_step` itself, on a batch from the
+real :class:`~aacn.data.loader.DeviceLoader` (on-device flip/crop/normalise of uint8 images): forward under
+autocast, cross-entropy, ``zero_grad``, (scaled) backward, optimiser and LR-scheduler step of a recipe
 (:func:`~aacn.train.recipes.build_optimizer`), on a model from :func:`~aacn.models.create_model`. The data are
 synthetic CIFAR-size images (speed does not depend on their content).
 
@@ -42,8 +42,8 @@ from aacn.data.cifar import Split
 from aacn.data.loader import DeviceLoader
 from aacn.models import create_model
 from aacn.train import distributed
-from aacn.train.evaluate import autocast
 from aacn.train.recipes import build_optimizer
+from aacn.train.step import Learner, train_step
 from aacn.train.sync_bn import convert_sync_batchnorm
 
 CPU_WIDTHS = {"resnet34": 8, "wrn-28-10": 2}  # narrow defaults on CPU (full: ResNet 64, WRN 16)
@@ -121,16 +121,17 @@ class StepBench:
         self.loader = DeviceLoader(split, self.global_batch, device=self.device, normalizer=normalizer,
                                    train=True, augment=True, rank=ctx.rank, world_size=ctx.world_size,
                                    channels_last=variant.channels_last)
-        self.optimizer, self.scheduler, _ = build_optimizer(recipe, model, epochs=10_000,
-                                                            steps_per_epoch=len(self.loader),
-                                                            batch_size=self.global_batch)
-        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}[variant.amp]
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
-        self.criterion = nn.CrossEntropyLoss()
+        optimizer, scheduler, _ = build_optimizer(recipe, model, epochs=10_000, steps_per_epoch=len(self.loader),
+                                                  batch_size=self.global_batch)
+        amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}[variant.amp]
+        step_model = model
         if ctx.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-        self.model = torch.compile(model) if variant.compile else model
+            step_model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        self.model = torch.compile(step_model) if variant.compile else step_model
+        self.learner = Learner(model=self.model, raw_model=model, optimizer=optimizer, scheduler=scheduler,
+                               scaler=torch.amp.GradScaler(self.device.type, enabled=amp_dtype == torch.float16),
+                               criterion=nn.CrossEntropyLoss(), device=self.device, amp_dtype=amp_dtype)
         self.model.train()
         self._batches = self._cycle()
         self.samples: list[float] = []  # images/s (all ranks together) of each timed repeat
@@ -144,14 +145,7 @@ class StepBench:
 
     def step(self) -> torch.Tensor:
         images, labels = next(self._batches)
-        with autocast(self.device, self.amp_dtype):
-            logits = self.model(images)
-            loss = self.criterion(logits.float(), labels)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
+        loss, _ = train_step(self.learner, images, labels)  # the very step aacn train runs
         return loss
 
     def time(self, steps: int) -> float:

@@ -33,6 +33,9 @@ EPOCHS = 3
 TIME_KEYS = {"epoch_time_s", "images_per_s", "peak_mem_bytes"}
 # Measured: --sync-bn 2-process vs 1 process differ by <= 2e-5 (absolute) in every loss (reduction order).
 LOSS_RTOL = 1e-4
+# The training loss of this run falls by 0.23-0.28 over its 3 epochs for seeds 0, 1 and 2 alike; a seed is a far
+# larger perturbation than any CPU's rounding, so a fall of more than LOSS_FALL holds on any CPU.
+LOSS_FALL = 0.1
 
 # Runs aacn.cli.main exactly as ``python -m aacn`` does, plus two hooks switched on by environment variables:
 #   AACN_TEST_WRITE_LOG=DIR   every atomic file write of the run records is logged to DIR/rank-<RANK>.txt
@@ -45,15 +48,15 @@ from pathlib import Path
 rank = os.environ.get("RANK", "0")
 log_dir = os.environ.get("AACN_TEST_WRITE_LOG")
 if log_dir:
-    import aacn.train.records as records
-    original = records.atomic_write
+    import aacn.files as files
+    original = files.atomic_write
 
     def logged(path, write, *, binary=False):
         with open(Path(log_dir) / f"rank-{rank}.txt", "a") as fh:
             fh.write(f"{path}\\n")
         original(path, write, binary=binary)
 
-    records.atomic_write = logged
+    files.atomic_write = logged
 
 die_after = os.environ.get("AACN_TEST_DIE_AFTER")
 if die_after and rank == "1" and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0":
@@ -166,7 +169,7 @@ def test_two_process_run_trains_and_only_rank_0_writes(sync_run):
     out, logs, done = sync_run
     rows = read_rows(out)
     assert [r["epoch"] for r in rows] == [1, 2, 3]  # one row per epoch, not one per rank
-    assert rows[-1]["train_loss"] < rows[0]["train_loss"] - 0.1
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"] - LOSS_FALL
     assert files_under(out) == ["checkpoints/epoch-0002.pt", "checkpoints/epoch-0003.pt", "config.json",
                                 "metrics.jsonl", "results.json"]  # no temporary or duplicate files
     written = (logs / "rank-0.txt").read_text().splitlines()
@@ -199,7 +202,7 @@ def test_without_sync_bn_both_train_on_the_same_batches(plain_run, single_run):
     plain, single = read_rows(plain_run), read_rows(single_run)
     assert [r["lr"] for r in plain] == [r["lr"] for r in single]
     for rows in (plain, single):
-        assert rows[-1]["train_loss"] < rows[0]["train_loss"] - 0.1
+        assert rows[-1]["train_loss"] < rows[0]["train_loss"] - LOSS_FALL
     # Only BatchNorm differs: each rank normalises its 25 images with their own statistics, not the 50's.
     assert plain[0]["train_loss"] != single[0]["train_loss"]
 

@@ -6,3 +6,13 @@ records), ``aacn.experiments`` (table presets, sweeps, reports), ``aacn.viz`` (c
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """``aacn.load_model`` (see :func:`aacn.inference.load_model`), imported on first use so that ``import aacn``
+    stays light (no torch)."""
+    if name == "load_model":
+        from aacn.inference import load_model
+
+        return load_model
+    raise AttributeError(f"module 'aacn' has no attribute {name!r}")

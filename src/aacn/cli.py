@@ -12,7 +12,7 @@ import os
 import sys
 from typing import Any
 
-from aacn.config import AMP_MODES, DATASETS, RunConfig
+from aacn.config import AMP_MODES, COMPILE_MODES, DATASETS, RunConfig
 from aacn.errors import UserError
 
 
@@ -81,6 +81,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                      help="default: on for CUDA")
     run.add_argument("--no-channels-last", dest="channels_last", action="store_false")
     run.add_argument("--compile", action="store_true", help="torch.compile the model")
+    run.add_argument("--compile-mode", default="default", choices=COMPILE_MODES,
+                     help="torch.compile mode with --compile (reduce-overhead: CUDA graphs; default default)")
+    run.add_argument("--tta", action="store_true",
+                     help="also report test accuracy with flip test-time augmentation (test_acc_tta)")
     run.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm under torchrun")
     run.add_argument("--eval-batch-size", type=_positive_int, default=500)
     run.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
@@ -115,7 +119,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         recipe=args.recipe, lr=args.lr, weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
         augment=args.augment, normalize=args.normalize, subset=args.subset, val_size=args.val_size,
         split_seed=args.split_seed, seed=args.seed, data_dir=args.data_dir, out=out, device=args.device,
-        amp=args.amp, channels_last=args.channels_last, compile=args.compile, sync_bn=args.sync_bn,
+        amp=args.amp, channels_last=args.channels_last, compile=args.compile, compile_mode=args.compile_mode,
+        tta=args.tta, sync_bn=args.sync_bn,
         eval_batch_size=args.eval_batch_size, progress=args.progress, model_kwargs=model_kwargs,
     ).validate()
 
@@ -136,6 +141,16 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from aacn.inference import evaluate_run
+
+    r = evaluate_run(args.run_dir, dataset=args.dataset, tta=args.tta, data_dir=args.data_dir, device=args.device)
+    tta = f"; flip TTA top-1 {r['test_acc_tta']:.2f}%  top-5 {r['test_top5_tta']:.2f}%" if args.tta else ""
+    print(f"{r['run']} on {r['dataset']} test: top-1 {r['test_acc']:.2f}%  top-5 {r['test_top5']:.2f}%  "
+          f"loss {r['test_loss']:.4f}{tta}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from aacn import __version__
 
@@ -152,6 +167,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--overwrite", action="store_true", help="discard whatever --out holds and start over")
     train.set_defaults(func=_train)
 
+    evaluate = sub.add_parser("evaluate", help="test accuracy of a trained run, as the run computed it",
+                              description="Test loss, top-1 and top-5 accuracy of the model in a run's newest "
+                                          "checkpoint, built from the run's own config.json.")
+    evaluate.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by 'aacn train'")
+    evaluate.add_argument("--dataset", choices=DATASETS, help="default: the run's")
+    evaluate.add_argument("--tta", action="store_true", help="also with flip test-time augmentation")
+    evaluate.add_argument("--data-dir", help="where CIFAR lives (default: the run's --data-dir)")
+    evaluate.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    evaluate.set_defaults(func=_evaluate)
+
     from aacn.experiments import commands
 
     commands.register(sub)
@@ -159,8 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        parser = build_parser()  # imports torch: Ctrl-C here is common, and gets one line too
+        args = parser.parse_args(argv)
+    except KeyboardInterrupt:
+        print("aacn: interrupted", file=sys.stderr)
+        return 130
     try:
         return int(args.func(args) or 0)
     except (UserError, ValueError) as exc:

@@ -18,12 +18,15 @@ from aacn.errors import UserError
 
 DATASETS = ("cifar10", "cifar100")
 AMP_MODES = ("auto", "bf16", "fp16", "none")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 # Fields that may change between an interrupted run and its resumption without changing the result.
 RESUME_MUTABLE = frozenset(
-    {"out", "data_dir", "device", "progress", "compile", "eval_batch_size", "checkpoint_keep"}
+    {"out", "data_dir", "device", "progress", "compile", "compile_mode", "eval_batch_size", "checkpoint_keep"}
 )
+# model_kwargs that choose how a result is computed, not which (every attention impl computes the same function).
+RESUME_MUTABLE_MODEL_KWARGS = frozenset({"attention_impl"})
 
 
 @dataclass
@@ -55,6 +58,8 @@ class RunConfig:
     amp: str = "auto"
     channels_last: bool | None = None
     compile: bool = False
+    compile_mode: str = "default"
+    tta: bool = False
     sync_bn: bool = False
     eval_batch_size: int = 500
     checkpoint_keep: int = 2
@@ -83,6 +88,10 @@ class RunConfig:
             raise UserError(f"unknown --amp {self.amp!r}; choose one of {', '.join(AMP_MODES)}")
         if self.device not in DEVICES and not self.device.startswith(("cuda:", "mps:")):
             raise UserError(f"unknown --device {self.device!r}; choose one of {', '.join(DEVICES)} or cuda:N")
+        if self.compile_mode not in COMPILE_MODES:
+            raise UserError(f"unknown --compile-mode {self.compile_mode!r}; choose one of {', '.join(COMPILE_MODES)}")
+        if self.compile_mode != "default" and not self.compile:
+            raise UserError(f"--compile-mode {self.compile_mode} applies to a compiled model; add --compile")
         if self.checkpoint_keep < 1:
             raise UserError(f"checkpoint_keep must be >= 1, got {self.checkpoint_keep}")
         from aacn.train.recipes import RECIPES  # local import: recipes imports torch
@@ -116,6 +125,8 @@ class RunConfig:
     def differences(self, other: RunConfig) -> list[str]:
         """Fields (other than the resume-safe ones) on which two configs differ, as ``name: a != b``."""
         mine, theirs = self.to_dict(), other.to_dict()
+        for d in (mine, theirs):
+            d["model_kwargs"] = {k: v for k, v in d["model_kwargs"].items() if k not in RESUME_MUTABLE_MODEL_KWARGS}
         return [
             f"{name}: {mine[name]!r} != {theirs[name]!r}"
             for name in mine

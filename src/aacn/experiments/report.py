@@ -45,6 +45,7 @@ from aacn.config import RESUME_MUTABLE
 from aacn.errors import UserError
 from aacn.files import atomic_write, check_output_dir
 from aacn.train.records import RunDir
+from aacn.train.summary import summarize_partial
 
 __all__ = [
     "METRICS",
@@ -133,22 +134,8 @@ class RunRecord:
         """
         if self.results is not None:
             return {k: self.results.get(k) for k in METRICS}
-        last = self.metrics[-1] if self.metrics else {}
-        times = [m["epoch_time_s"] for m in self.metrics if m.get("epoch_time_s") is not None]
-        speeds = [m["images_per_s"] for m in self.metrics if m.get("images_per_s") is not None]
-        mems = [m["peak_mem_bytes"] for m in self.metrics if m.get("peak_mem_bytes") is not None]
-        return {
-            "train_acc": last.get("train_acc"),
-            "val_acc": last.get("val_acc"),
-            "test_acc": None,
-            "test_acc_tta": None,
-            "test_top5": None,
-            "train_time_s": sum(times) if times else None,
-            "params": self.info.get("params"),
-            "peak_mem_bytes": max(mems) if mems else None,
-            "images_per_s": sum(speeds) / len(speeds) if speeds else None,
-            "flops_per_image": None,
-        }
+        partial = summarize_partial(self.metrics, self.info)
+        return {k: partial.get(k) for k in METRICS}
 
 
 def _type_name(value: Any) -> str:

@@ -1,4 +1,4 @@
-"""One training run, top to bottom: data on the device, model, recipe, epochs, checkpoints, results.
+"""One training run, top to bottom: run folder, data, model, learner, restore, epochs, results.
 
 :func:`run` is what ``aacn train`` calls, and what the experiment presets call for each row. It works alone
 or as one rank of a ``torchrun`` job (DistributedDataParallel; every rank augments its own part of each global
@@ -19,30 +19,267 @@ import signal
 import sys
 import time
 import traceback
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
-from aacn import __version__
 from aacn.config import RunConfig
-from aacn.data.augment import Normalizer
-from aacn.data.cifar import load_cifar
-from aacn.data.loader import DeviceLoader
+from aacn.data.cifar import CifarData
 from aacn.errors import UserError
-from aacn.models import create_model
-from aacn.nn.triton_attention import triton_unavailable_reason
+from aacn.provenance import environment
 from aacn.train import distributed
-from aacn.train.evaluate import autocast, count_parameters, evaluate, flops_per_image
-from aacn.train.progress import EpochProgress, describe_attention, format_epoch
-from aacn.train.recipes import RECIPES, build_optimizer
-from aacn.train.records import RunDir
-from aacn.train.sync_bn import convert_sync_batchnorm
+from aacn.train.build import (
+    Loaders,
+    build_learner,
+    build_loaders,
+    build_model,
+    check_settings,
+    load_data,
+    place_model,
+    uses_channels_last,
+)
+from aacn.train.checkpoint import Position, restore, training_state
+from aacn.train.evaluate import count_parameters, evaluate, flops_per_image
+from aacn.train.progress import EpochProgress, describe_attention, format_epoch, percent
+from aacn.train.resume import Start, check_same_config, prepare_run_dir
+from aacn.train.step import AgreedStop, EpochState, Learner, NonFiniteLoss, train_one_epoch
+from aacn.train.summary import epoch_row, summarize
 
-NAN_CHECK_EVERY = 20  # steps between loss checks (each check is a host-device sync)
+MEMORY_ADVICE = "lower --batch-size or --base-width, or try --attention-impl chunked or --amp bf16"
 
 
+def run(config: RunConfig, *, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+    """Train ``config`` into ``config.out`` and return its results (also written to ``results.json``).
+
+    ``resume``: continue an unfinished run from its newest valid checkpoint (a finished one with the same
+    config is returned as is); implied when torchrun restarts the worker group (``TORCHELASTIC_RESTART_COUNT``
+    > 0). ``overwrite``: discard whatever ``config.out`` holds. Without either, a non-empty run directory is
+    refused. Raises :class:`UserError` for problems the user can fix, running out of memory included.
+    """
+    try:
+        config.validate()
+    except UserError as exc:
+        exc.all_ranks = True
+        raise
+    if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
+        resume = True  # torchrun --max-restarts restarted the worker group: go on from the last checkpoint
+    ctx = distributed.init(config.device)
+    try:
+        return _run(config, ctx, resume=resume, overwrite=overwrite)
+    except BaseException as exc:
+        if ctx.distributed:  # free the DDP model (held by the traceback's frames) before its process group:
+            traceback.clear_frames(exc.__traceback__)  # freed after it, gloo sometimes hung at exit
+        if is_out_of_memory(exc):
+            raise UserError(f"out of memory on {ctx.device} ({_first_line(exc)[:200]}); {MEMORY_ADVICE}") from None
+        raise
+    finally:
+        distributed.shutdown(ctx)
+
+
+def _run(config: RunConfig, ctx: distributed.Context, *, resume: bool, overwrite: bool) -> dict[str, Any]:
+    start = prepare_run_dir(config, resume=resume, overwrite=overwrite)
+    if start.action == "done":
+        _log(ctx, f"{start.run_dir.path} has already finished with this config; its results are in "
+                  f"{start.run_dir.results_path}")
+        return start.results
+    amp_dtype = check_settings(config, ctx)
+    data = load_data(config, ctx)
+    session = _build(config, ctx, data, start, amp_dtype)
+    position = _restore(session, start)
+    _write_start_records(session)
+    _announce(session)
+    _train_epochs(session, position)
+    return _finish(session)
+
+
+@dataclass
+class _Session:
+    """The parts of one run, built once, that its steps share."""
+
+    config: RunConfig
+    ctx: distributed.Context
+    data: CifarData
+    start: Start
+    learner: Learner
+    loaders: Loaders
+    info: dict[str, Any]
+    provenance: dict[str, Any] | None
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    run_start: float = 0.0
+
+    @property
+    def run_dir(self):
+        return self.start.run_dir
+
+
+def _log(ctx: distributed.Context, *args: Any, **kwargs: Any) -> None:
+    if ctx.is_main:
+        print(*args, **kwargs)
+
+
+def _build(config: RunConfig, ctx: distributed.Context, data: CifarData, start: Start,
+           amp_dtype: torch.dtype | None) -> _Session:
+    """Model (seeded by ``config.seed``), loaders and learner, and the facts ``config.json`` records."""
+    torch.manual_seed(config.seed)
+    model = build_model(config, data.num_classes)
+    facts = {"params": count_parameters(model), "attention_layers": list(getattr(model, "attention_layers", []))}
+    model = place_model(model, config, ctx)
+    loaders = build_loaders(data, config, ctx)
+    learner, hyper = build_learner(model, config, ctx, steps_per_epoch=len(loaders.train), amp_dtype=amp_dtype)
+    precision = str(amp_dtype).replace("torch.", "") if amp_dtype else "none"
+    channels_last = uses_channels_last(config, ctx.device)
+    info = {**facts, **hyper, "world_size": ctx.world_size, "device": str(ctx.device), "amp": precision,
+            "channels_last": channels_last, "steps_per_epoch": len(loaders.train), "train_images": len(data.train)}
+    provenance = environment(ctx.device, precision=precision, compile=config.compile,
+                             compile_mode=config.compile_mode if config.compile else None,
+                             channels_last=channels_last, world_size=ctx.world_size) if ctx.is_main else None
+    return _Session(config, ctx, data, start, learner, loaders, info, provenance)
+
+
+def _restore(s: _Session, start: Start) -> Position:
+    """Clear the folder of a fresh run, or load the newest checkpoint of a resumed one."""
+    if start.action == "fresh":
+        if s.ctx.is_main:
+            s.run_dir.clear()
+        return Position()
+    found = s.run_dir.latest_checkpoint(map_location=s.ctx.device)
+    if found is None:
+        _log(s.ctx, f"no usable checkpoint in {s.run_dir.checkpoint_dir}; starting from the beginning")
+        return Position()
+    path, state = found
+    check_same_config(s.run_dir, s.config, what="its checkpoint was made with", saved=state["config"])
+    position = restore(s.learner, state, s.ctx)
+    s.rows = [r for r in s.run_dir.read_metrics() if r["epoch"] <= position.epoch]
+    _log(s.ctx, f"resuming {s.run_dir.path} from {path.name} (epoch {position.epoch}, step {position.step})")
+    return position
+
+
+def _write_start_records(s: _Session) -> None:
+    if s.ctx.is_main:
+        s.run_dir.write_config(s.config.to_dict(), s.info, provenance=s.provenance, data=_data_provenance(s.data))
+        s.run_dir.write_metrics(s.rows)
+    distributed.barrier(s.ctx)
+
+
+def _data_provenance(data: CifarData) -> dict[str, Any] | None:
+    return getattr(data, "provenance", None)
+
+
+def _announce(s: _Session) -> None:
+    c, d, info = s.config, s.data, s.info
+    _log(s.ctx, f"{c.model} on {c.dataset} ({len(d.train)} train / {len(d.val)} val / {len(d.test)} test): "
+                f"{info['params']:,} parameters, {describe_attention(info['attention_layers'])}")
+    _log(s.ctx, f"recipe {c.recipe}: {info['optimizer']}, global batch {c.batch_size} ({s.ctx.world_size} x "
+                f"{c.batch_size // s.ctx.world_size}), base lr {info['base_lr']:g}, weight decay "
+                f"{info['weight_decay']:g}; device {s.ctx.device}, amp {c.amp}, {c.epochs} epochs")
+
+
+def _save(s: _Session, epoch: int, step: int, sums: list[float] | None) -> None:
+    if s.ctx.is_main:
+        state = training_state(s.learner, s.config, epoch=epoch, step=step, sums=sums,
+                               elapsed=time.perf_counter() - s.run_start)
+        s.run_dir.save_checkpoint(state, epoch, step, keep=s.config.checkpoint_keep)
+
+
+def _train_epochs(s: _Session, position: Position) -> None:
+    """Epochs ``position.epoch + 1, …``: train, validate, record, checkpoint. Ctrl-C/SIGTERM stop between steps."""
+    s.run_start = time.perf_counter() - position.elapsed
+    s.learner.model.train()
+    with _StopRequest() as stop:
+        for epoch in range(position.epoch, s.config.epochs):
+            _one_epoch(s, epoch, position, stop)
+            position = Position(epoch=epoch + 1)
+
+
+def _one_epoch(s: _Session, epoch: int, position: Position, stop: _StopRequest) -> None:
+    ctx, device = s.ctx, s.ctx.device
+    distributed.reset_peak_memory(device)
+    state = EpochState(epoch, position.step, torch.tensor(position.partial, dtype=torch.float64, device=device))
+    bar = EpochProgress(epoch + 1, s.config.epochs, len(s.loaders.train), initial=position.step,
+                        enabled=s.config.progress and ctx.is_main)
+    t0 = time.perf_counter()
+    try:
+        try:
+            train_one_epoch(s.learner, s.loaders.train, state, ctx, stop=stop, progress=bar)
+        finally:
+            bar.close()
+    except KeyboardInterrupt as exc:
+        _interrupted(s, state, agreed=isinstance(exc, AgreedStop))
+        raise
+    except NonFiniteLoss as bad:
+        raise _non_finite_error(s, bad) from None
+    except _compile_error_types() as exc:  # compilation happens in the first steps (forward, then backward)
+        raise _compile_error(exc) from None
+    seconds = time.perf_counter() - t0
+    sums = distributed.all_reduce_sum(state.sums, ctx).tolist()
+    if not math.isfinite(sums[0]):
+        raise UserError(f"loss became non-finite in epoch {epoch + 1}; training stopped, the last good checkpoint "
+                        f"is kept in {s.run_dir.checkpoint_dir}. Lower --lr or use --amp none")
+    distributed.broadcast_buffers(s.learner.raw_model, ctx)
+    val = evaluate(s.learner.raw_model, s.loaders.val, ctx, s.learner.amp_dtype)
+    row = epoch_row(epoch + 1, sums, val, lr=s.learner.scheduler.get_last_lr()[0], seconds=seconds,
+                    timed_images=sums[2] - position.resumed_images,
+                    peak_mem_bytes=distributed.peak_memory_bytes(device), num_classes=s.data.num_classes)
+    s.rows.append(row)
+    if ctx.is_main:  # metrics first: a resume drops rows newer than its checkpoint, never misses one
+        s.run_dir.write_metrics(s.rows)
+    _save(s, epoch + 1, 0, None)
+    _log(ctx, format_epoch(row, s.config.epochs))
+
+
+def _interrupted(s: _Session, state: EpochState, *, agreed: bool) -> None:
+    """Save a mid-epoch checkpoint (with the whole batch's sums when all ranks stopped together) and say so."""
+    if agreed:
+        distributed.all_reduce_sum(state.sums, s.ctx)
+    _save(s, state.epoch, state.step, state.sums.tolist())
+    _log(s.ctx, f"\ninterrupted at epoch {state.epoch + 1}, step {state.step}: checkpoint saved in "
+                f"{s.run_dir.checkpoint_dir}; continue with the same command plus --resume", file=sys.stderr)
+
+
+def _non_finite_error(s: _Session, bad: NonFiniteLoss) -> UserError:
+    last = s.run_dir.checkpoints()
+    keep = f"the last good checkpoint is {last[-1]}" if last else "no checkpoint was written yet"
+    return UserError(f"loss became {bad.value} at epoch {bad.epoch + 1}, step {bad.step}; training stopped and "
+                     f"{keep}. Lower --lr, use --amp none, or check the data, then rerun (with --resume to go on)")
+
+
+def _compile_error(exc: BaseException) -> UserError:
+    cause = getattr(exc, "inner_exception", None) or exc.__cause__ or exc
+    return UserError(f"torch.compile failed ({type(cause).__name__}: {_first_line(cause)[:200]}); rerun the same "
+                     "command without --compile, with --resume (or report the bug to PyTorch; TORCHDYNAMO_VERBOSE=1 "
+                     "shows it)")
+
+
+def _finish(s: _Session) -> dict[str, Any]:
+    """Evaluate every split (and the test set with flip TTA if asked), write ``results.json``, return it."""
+    model, ctx, amp = s.learner.raw_model, s.ctx, s.learner.amp_dtype
+    distributed.broadcast_buffers(model, ctx)
+    evaluations = {"train": evaluate(model, s.loaders.evaluation(s.data.train), ctx, amp),
+                   "val": evaluate(model, s.loaders.val, ctx, amp),
+                   "test": evaluate(model, s.loaders.test, ctx, amp)}
+    if s.config.tta:
+        evaluations["test_tta"] = evaluate(model, s.loaders.test, ctx, amp, tta=True)
+    facts = {"model": s.config.model, "dataset": s.config.dataset, "epochs": s.config.epochs,
+             "params": s.info["params"], "flops_per_image": flops_per_image(model), "world_size": ctx.world_size,
+             "device": str(ctx.device), "attention_layers": s.info["attention_layers"],
+             "config": s.config.to_dict(), "provenance": s.provenance, "data": _data_provenance(s.data)}
+    results = summarize(s.rows, evaluations, wall_time_s=time.perf_counter() - s.run_start, model_facts=facts)
+    if ctx.is_main:
+        s.run_dir.write_results(results)
+        _log(ctx, _done_line(results, s))
+    return results
+
+
+def _done_line(results: dict[str, Any], s: _Session) -> str:
+    top5 = f", top-5 {percent(results['test_top5'])}" if s.data.num_classes > 10 else ""
+    tta = f"  test (flip TTA) {percent(results['test_acc_tta'])}" if "test_acc_tta" in results else ""
+    return (f"done in {results['wall_time_s']:.0f} s: train {percent(results['train_acc'])}  val "
+            f"{percent(results['val_acc'])}  test {percent(results['test_acc'])}{top5}{tta}  -> "
+            f"{s.run_dir.results_path}")
+
+
+# ------------------------------------------------------------------------------------------------ helpers
 class _StopRequest:
     """Ctrl-C / SIGTERM handler that asks the loop to stop at the next step boundary.
 
@@ -72,31 +309,6 @@ class _StopRequest:
             signal.signal(sig, previous)
 
 
-def _check_run_dir(run_dir: RunDir, resume: bool, overwrite: bool) -> str:
-    """What to do with ``run_dir``: 'fresh', 'resume' or 'done' (finished and resume asked)."""
-    if overwrite:
-        return "fresh"
-    if run_dir.is_finished():
-        if resume:
-            return "done"
-        raise UserError(
-            f"{run_dir.path} already holds a finished run; pass --resume to keep it, --overwrite to train "
-            "again, or choose another --out"
-        )
-    if run_dir.has_started() and not resume:
-        raise UserError(
-            f"{run_dir.path} holds an unfinished run; pass --resume to continue it or --overwrite to start over"
-        )
-    return "resume" if resume else "fresh"
-
-
-def _model_info(model: nn.Module) -> dict[str, Any]:
-    return {
-        "params": count_parameters(model),
-        "attention_layers": list(getattr(model, "attention_layers", [])),
-    }
-
-
 def _compile_error_types() -> tuple[type[BaseException], ...]:
     """Exceptions by which ``torch.compile`` reports that it failed (Dynamo, or Inductor in the backward)."""
     import torch._dynamo.exc
@@ -111,285 +323,17 @@ def _compile_error_types() -> tuple[type[BaseException], ...]:
     return tuple(types)
 
 
-def run(config: RunConfig, *, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
-    """Train ``config`` into ``config.out`` and return its results (also written to ``results.json``).
-
-    ``resume``: continue an unfinished run from its newest valid checkpoint (a finished one is returned as
-    is); implied when torchrun restarts the worker group (``TORCHELASTIC_RESTART_COUNT`` > 0).
-    ``overwrite``: discard whatever ``config.out`` holds. Without either, a non-empty run directory is refused.
-    Raises :class:`UserError` for problems the user can fix.
-    """
-    try:
-        config.validate()
-    except UserError as exc:
-        exc.all_ranks = True
-        raise
-    if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
-        resume = True  # torchrun --max-restarts restarted the worker group: go on from the last checkpoint
-    ctx = distributed.init(config.device)
-    try:
-        return _run(config, ctx, resume=resume, overwrite=overwrite)
-    except BaseException as exc:
-        if ctx.distributed:  # free the DDP model (held by the traceback's frames) before its process group:
-            traceback.clear_frames(exc.__traceback__)  # freed after it, gloo sometimes hung at exit
-        raise
-    finally:
-        distributed.shutdown(ctx)
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` says an allocation failed: CUDA/MPS out of memory, or the CPU allocator gave up."""
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
-def _run(config: RunConfig, ctx: distributed.Context, *, resume: bool, overwrite: bool) -> dict[str, Any]:
-    run_dir = RunDir(config.out)
-    action = _check_run_dir(run_dir, resume, overwrite)
-    if action == "done":
-        return run_dir.read_results()
-    log = print if ctx.is_main else (lambda *a, **k: None)
-    if config.batch_size % ctx.world_size:
-        raise UserError(
-            f"--batch-size {config.batch_size} is the global batch and must be divisible by the world size "
-            f"{ctx.world_size}; pick a multiple of {ctx.world_size}", all_ranks=True
-        )
-
-    device = ctx.device
-    amp_dtype = distributed.autocast_dtype(config.amp, device)
-    kwargs = config.model_kwargs
-    if kwargs.get("attention_impl") == "triton" and kwargs.get("attention") not in (None, "none"):
-        reason = triton_unavailable_reason(device, amp_dtype or torch.float32)
-        if reason:
-            raise UserError(f"--attention-impl triton {reason}; use --attention-impl auto", all_ranks=True)
-
-    # ------------------------------------------------------------------------------------------ data
-    if ctx.is_main:
-        data = load_cifar(config.dataset, config.data_dir, val_size=config.val_size,
-                          split_seed=config.split_seed, subset=config.subset, progress=config.progress)
-    distributed.barrier(ctx)  # rank 0 downloads first; the others then find the files in place
-    if not ctx.is_main:
-        data = load_cifar(config.dataset, config.data_dir, val_size=config.val_size,
-                          split_seed=config.split_seed, subset=config.subset, progress=False)
-    if config.batch_size > len(data.train):
-        raise UserError(
-            f"--batch-size {config.batch_size} is larger than the {len(data.train)} training images; "
-            "lower it or raise --subset"
-        )
-
-    # ----------------------------------------------------------------------------------------- model
-    torch.manual_seed(config.seed)
-    model = create_model(config.model, num_classes=data.num_classes, **config.model_kwargs)
-    info = _model_info(model)
-    channels_last = config.channels_last if config.channels_last is not None else device.type == "cuda"
-    model.to(device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    if ctx.distributed and config.sync_bn:
-        model = convert_sync_batchnorm(model, device)  # PyTorch's SyncBatchNorm is CUDA-only
-    raw_model = model
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        torch.set_float32_matmul_precision("high")
-
-    normalizer = Normalizer(config.normalize, data.train.images).to(device)
-    train_loader = DeviceLoader(data.train, config.batch_size, device=device, normalizer=normalizer, train=True,
-                                augment=config.augment, seed=config.seed, rank=ctx.rank,
-                                world_size=ctx.world_size, channels_last=channels_last)
-
-    def eval_loader(split):
-        return DeviceLoader(split, config.eval_batch_size, device=device, normalizer=normalizer, train=False,
-                            rank=ctx.rank, world_size=ctx.world_size, channels_last=channels_last)
-
-    val_loader, test_loader = eval_loader(data.val), eval_loader(data.test)
-    steps_per_epoch = len(train_loader)
-    optimizer, scheduler, hyper = build_optimizer(
-        config.recipe, raw_model, epochs=config.epochs, steps_per_epoch=steps_per_epoch,
-        batch_size=config.batch_size, lr=config.lr, weight_decay=config.weight_decay)
-    label_smoothing = (config.label_smoothing if config.label_smoothing is not None
-                       else RECIPES[config.recipe].label_smoothing)
-    hyper["label_smoothing"] = label_smoothing
-    criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-
-    if ctx.distributed:
-        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    compile_errors: tuple[type[BaseException], ...] = ()
-    if config.compile:
-        model = torch.compile(model)
-        compile_errors = _compile_error_types()
-
-    # ---------------------------------------------------------------------------------------- resume
-    start_epoch, start_step, elapsed, partial = 0, 0, 0.0, [0.0, 0.0, 0.0]
-    resumed_images = 0.0  # images of the current epoch already trained before a mid-epoch checkpoint
-    rows: list[dict[str, Any]] = []
-    if action == "fresh":
-        if ctx.is_main:
-            run_dir.clear()
-    else:
-        found = run_dir.latest_checkpoint(map_location=device)
-        if found is None:
-            log(f"no usable checkpoint in {run_dir.path / 'checkpoints'}; starting from the beginning")
-        else:
-            path, state = found
-            saved = RunConfig.from_dict(state["config"])
-            diffs = saved.differences(config)
-            if diffs:
-                raise UserError(
-                    f"cannot resume {run_dir.path}: its checkpoint was made with a different config "
-                    f"({'; '.join(diffs)}); rerun with the same settings, or use --overwrite / another --out"
-                )
-            raw_model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            scaler.load_state_dict(state["scaler"])
-            torch.set_rng_state(state["rng_cpu"].cpu())
-            if device.type == "cuda" and "rng_cuda" in state:
-                torch.cuda.set_rng_state(state["rng_cuda"].cpu(), device)
-            start_epoch, start_step = int(state["epoch"]), int(state["step"])
-            # a mid-epoch checkpoint holds the partial sums of all ranks together: give them to rank 0 only
-            elapsed, saved_partial = float(state["elapsed"]), [float(v) for v in state["partial"]]
-            partial = saved_partial if ctx.is_main else [0.0, 0.0, 0.0]
-            resumed_images = saved_partial[2]
-            rows = [r for r in run_dir.read_metrics() if r["epoch"] <= start_epoch]
-            log(f"resuming {run_dir.path} from {path.name} (epoch {start_epoch}, step {start_step})")
-    if ctx.is_main:
-        run_dir.write_config(config.to_dict(), {
-            **info, **hyper, "world_size": ctx.world_size, "device": str(device),
-            "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "none",
-            "channels_last": channels_last, "steps_per_epoch": steps_per_epoch,
-            "train_images": len(data.train), "aacn_version": __version__, "torch_version": torch.__version__})
-        run_dir.write_metrics(rows)
-    distributed.barrier(ctx)
-
-    log(f"{config.model} on {config.dataset} ({len(data.train)} train / {len(data.val)} val / "
-        f"{len(data.test)} test): {info['params']:,} parameters, {describe_attention(info['attention_layers'])}")
-    log(f"recipe {config.recipe}: {hyper['optimizer']}, global batch {config.batch_size} "
-        f"({ctx.world_size} x {config.batch_size // ctx.world_size}), base lr {hyper['base_lr']:g}, "
-        f"weight decay {hyper['weight_decay']:g}; device {device}, amp {config.amp}, {config.epochs} epochs")
-
-    def save(epoch: int, step: int, sums: torch.Tensor | None, run_time: float) -> None:
-        if not ctx.is_main:
-            return
-        state = {
-            "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-            "rng_cpu": torch.get_rng_state(), "epoch": epoch, "step": step, "elapsed": run_time,
-            "partial": sums.tolist() if sums is not None else [0.0, 0.0, 0.0], "config": config.to_dict(),
-        }
-        if device.type == "cuda":
-            state["rng_cuda"] = torch.cuda.get_rng_state(device)
-        run_dir.save_checkpoint(state, epoch, step, keep=config.checkpoint_keep)
-
-    # ---------------------------------------------------------------------------------------- epochs
-    run_start = time.perf_counter() - elapsed
-    model.train()
-    with _StopRequest() as stop:
-        for epoch in range(start_epoch, config.epochs):
-            distributed.reset_peak_memory(device)
-            sums = torch.tensor(partial, dtype=torch.float64, device=device)  # loss*n, correct, n (this rank)
-            step = start_step
-            bar = EpochProgress(epoch + 1, config.epochs, steps_per_epoch, initial=step,
-                                enabled=config.progress and ctx.is_main)
-            t0 = time.perf_counter()
-            agreed_stop = False  # every rank stops at this same step (so they can add up their sums)
-            try:
-                for images, labels in train_loader.batches(epoch, start=start_step):
-                    with autocast(device, amp_dtype):
-                        logits = model(images)
-                        loss = criterion(logits.float(), labels)
-                    optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                    scheduler.step()
-                    step += 1
-                    with torch.no_grad():  # running sums stay on the device: no sync per step
-                        sums[0] += loss.detach().double() * labels.numel()
-                        sums[1] += (logits.argmax(1) == labels).sum()
-                        sums[2] += labels.numel()
-                    if stop.requested and not ctx.distributed:
-                        raise KeyboardInterrupt
-                    if step % NAN_CHECK_EVERY == 0 or step == steps_per_epoch:
-                        # one sync: every rank learns of a bad loss or a stop request at the same step
-                        status = torch.stack([loss.detach().double(),
-                                              torch.tensor(float(stop.requested), device=device).double()])
-                        bad_loss, stops = distributed.all_reduce_sum(status, ctx).tolist()
-                        if not math.isfinite(bad_loss):
-                            raise _NonFinite(epoch, step, bad_loss)
-                        if stops:
-                            agreed_stop = True
-                            raise KeyboardInterrupt
-                        bar.update(step, sums, time.perf_counter() - t0, ctx.world_size)
-            except KeyboardInterrupt:
-                bar.close()
-                if agreed_stop:
-                    distributed.all_reduce_sum(sums, ctx)  # the checkpoint keeps the whole batch's sums
-                save(epoch, step, sums, time.perf_counter() - run_start)
-                log(f"\ninterrupted at epoch {epoch + 1}, step {step}: checkpoint saved in "
-                    f"{run_dir.checkpoint_dir}; continue with the same command plus --resume", file=sys.stderr)
-                raise
-            except _NonFinite as bad:
-                bar.close()
-                last = run_dir.checkpoints()
-                keep = f"the last good checkpoint is {last[-1]}" if last else "no checkpoint was written yet"
-                raise UserError(
-                    f"loss became {bad.value} at epoch {bad.epoch + 1}, step {bad.step}; training stopped and "
-                    f"{keep}. Lower --lr, use --amp none, or check the data, then rerun (with --resume to go on)"
-                ) from None
-            except compile_errors as exc:  # compilation happens in the first steps (forward, then backward)
-                bar.close()
-                cause = getattr(exc, "inner_exception", None) or exc.__cause__ or exc
-                detail = next((line.strip() for line in str(cause).splitlines() if line.strip()), "")
-                raise UserError(
-                    f"torch.compile failed ({type(cause).__name__}: {detail[:200]}); rerun the same command "
-                    "without --compile, with --resume (or report the bug to PyTorch; TORCHDYNAMO_VERBOSE=1 shows it)"
-                ) from None
-            bar.close()
-            epoch_time = time.perf_counter() - t0
-            distributed.all_reduce_sum(sums, ctx)
-            train_loss, correct, count = sums.tolist()
-            if not math.isfinite(train_loss):
-                raise UserError(f"loss became non-finite in epoch {epoch + 1}; training stopped, the last good "
-                                f"checkpoint is kept in {run_dir.checkpoint_dir}. Lower --lr or use --amp none")
-            distributed.broadcast_buffers(raw_model, ctx)
-            val = evaluate(raw_model, val_loader, ctx, amp_dtype)
-            row = {
-                "epoch": epoch + 1, "train_loss": train_loss / count, "train_acc": 100.0 * correct / count,
-                "val_loss": val["loss"], "val_acc": val["acc"], "lr": scheduler.get_last_lr()[0],
-                "epoch_time_s": epoch_time, "images_per_s": (count - resumed_images) / epoch_time,
-                "peak_mem_bytes": distributed.peak_memory_bytes(device),
-            }
-            if data.num_classes > 10:
-                row["val_top5"] = val["top5"]
-            rows.append(row)
-            start_step, partial, resumed_images = 0, [0.0, 0.0, 0.0], 0.0
-            if ctx.is_main:  # metrics first: a resume drops rows newer than its checkpoint, never misses one
-                run_dir.write_metrics(rows)
-            save(epoch + 1, 0, None, time.perf_counter() - run_start)
-            log(format_epoch(row, config.epochs))
-
-    # --------------------------------------------------------------------------------------- results
-    distributed.broadcast_buffers(raw_model, ctx)
-    train_eval = evaluate(raw_model, eval_loader(data.train), ctx, amp_dtype)
-    val = evaluate(raw_model, val_loader, ctx, amp_dtype)
-    test = evaluate(raw_model, test_loader, ctx, amp_dtype)
-    wall = time.perf_counter() - run_start
-    results = {
-        "model": config.model, "dataset": config.dataset, "epochs": config.epochs,
-        "train_acc": train_eval["acc"], "val_acc": val["acc"], "test_acc": test["acc"],
-        "train_loss": train_eval["loss"], "val_loss": val["loss"], "test_loss": test["loss"],
-        "test_top5": test["top5"], "val_top5": val["top5"],
-        "wall_time_s": wall, "train_time_s": sum(r["epoch_time_s"] for r in rows),
-        "params": info["params"], "flops_per_image": flops_per_image(raw_model),
-        "peak_mem_bytes": max((r["peak_mem_bytes"] for r in rows), default=0),
-        "images_per_s": (sum(r["images_per_s"] for r in rows) / len(rows)) if rows else 0.0,
-        "world_size": ctx.world_size, "device": str(device),
-        "attention_layers": info["attention_layers"], "config": config.to_dict(),
-    }
-    if ctx.is_main:
-        run_dir.write_results(results)
-        top5 = f", top-5 {test['top5']:.2f}%" if data.num_classes > 10 else ""
-        log(f"done in {wall:.0f} s: train {train_eval['acc']:.2f}%  val {val['acc']:.2f}%  "
-            f"test {test['acc']:.2f}%{top5}  -> {run_dir.results_path}")
-    return results
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
 
 
-class _NonFinite(Exception):
-    def __init__(self, epoch: int, step: int, value: float):
-        super().__init__(f"non-finite loss {value} at epoch {epoch}, step {step}")
-        self.epoch, self.step, self.value = epoch, step, value
+__all__ = ["run", "is_out_of_memory"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from typing import Any
 
 import torch
@@ -15,13 +16,16 @@ class EpochProgress:
     def __init__(self, epoch: int, epochs: int, steps: int, *, initial: int = 0, enabled: bool = True):
         self._bar = None
         self._last = initial
+        self._start = time.perf_counter()
         if enabled:
             self._bar = tqdm(total=steps, initial=initial, desc=f"epoch {epoch}/{epochs}", unit="step",
                              leave=False, dynamic_ncols=True, file=sys.stderr)
 
-    def update(self, step: int, sums: torch.Tensor, seconds: float, world_size: int) -> None:
+    def update(self, step: int, sums: torch.Tensor, world_size: int) -> None:
+        """Show ``step`` and the running ``(loss * n, correct, n)`` sums of this rank."""
         if self._bar is None:
             return
+        seconds = time.perf_counter() - self._start
         loss, correct, count = sums.tolist()
         self._bar.update(step - self._last)
         self._last = step
@@ -35,13 +39,20 @@ class EpochProgress:
             self._bar = None
 
 
+def percent(value: float | None) -> str:
+    """``12.34%``, or ``-`` for a value that was not measured."""
+    return "-" if value is None else f"{value:.2f}%"
+
+
 def format_epoch(row: dict[str, Any], epochs: int) -> str:
-    """One line per finished epoch."""
-    val = ""
-    if row["val_acc"] == row["val_acc"]:  # not NaN (an empty validation split)
+    """One line per finished epoch; values that were not measured (no validation split) show as ``-``."""
+    if row.get("val_acc") is None:
+        val = "  val -"
+    else:
         val = f"  val loss {row['val_loss']:.4f} acc {row['val_acc']:.2f}%"
+    speed = "-" if row.get("images_per_s") is None else f"{row['images_per_s']:,.0f}"
     return (f"epoch {row['epoch']:>3}/{epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.2f}%"
-            f"{val}  lr {row['lr']:.4g}  {row['epoch_time_s']:.1f} s  {row['images_per_s']:,.0f} img/s")
+            f"{val}  lr {row['lr']:.4g}  {row['epoch_time_s']:.1f} s  {speed} img/s")
 
 
 def describe_attention(layers: list[dict[str, Any]]) -> str:

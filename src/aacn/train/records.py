@@ -2,14 +2,17 @@
 
 Layout::
 
-    RUN/config.json          {"config": RunConfig fields, "info": model/world/recipe facts}
+    RUN/config.json          {"config": RunConfig fields, "info": model/world/recipe facts,
+                              "provenance": code/software/device, "data": the data's label and fingerprint}
     RUN/metrics.jsonl        one JSON object per finished epoch
     RUN/checkpoints/epoch-0007.pt   (the newest ``checkpoint_keep`` are kept; see ``save_checkpoint``)
-    RUN/results.json         written once, when the run has finished
+    RUN/results.json         written once, when the run has finished (see :mod:`aacn.train.summary`)
 
-Every file is written atomically (temporary file in the same folder, fsync, rename), so a crash, a full disk
-or SIGKILL leaves either the old file or the new one, never a half-written file that looks valid. Checkpoints
-hold only tensors and plain Python values, so ``torch.load(path, weights_only=True)`` loads them.
+Every file is written atomically through :func:`aacn.files.atomic_write` (temporary file in the same folder,
+fsync, the umask's mode, rename), so a crash, a full disk or SIGKILL leaves either the old file or the new one,
+never a half-written file that looks valid. JSON is strict: a value that was not measured is ``null``, never
+``NaN``. Checkpoints hold only tensors and plain Python values, so ``torch.load(path, weights_only=True)``
+loads them.
 """
 
 from __future__ import annotations
@@ -17,47 +20,17 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from aacn import files
 from aacn.errors import UserError
 
 CHECKPOINT_FORMAT = 1
 _CKPT_RE = re.compile(r"^epoch-(\d{4,})(?:-step-(\d{6,}))?\.pt$")
-
-
-def atomic_write(path: Path, write: Callable[[Any], None], *, binary: bool = False) -> None:
-    """Write ``path`` through ``write(fileobj)`` into a temporary sibling, fsync it, then rename over ``path``.
-
-    On any error (a full disk included) the temporary file is removed, the previous ``path`` is untouched, and
-    an ``OSError`` becomes a :class:`UserError` that says so.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb" if binary else "w") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise UserError(
-            f"could not write {path} ({exc.strerror or exc}); the previous version is intact. "
-            "Free disk space (or fix permissions) and rerun with --resume"
-        ) from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json(path: Path, data: Any) -> None:
-    atomic_write(path, lambda fh: json.dump(data, fh, indent=2, sort_keys=False, default=str))
 
 
 class RunDir:
@@ -99,11 +72,13 @@ class RunDir:
         for ckpt in self.checkpoints():
             ckpt.unlink(missing_ok=True)
 
-    def write_config(self, config: dict[str, Any], info: dict[str, Any]) -> None:
-        write_json(self.config_path, {"config": config, "info": info})
+    def write_config(self, config: dict[str, Any], info: dict[str, Any], *,
+                     provenance: dict[str, Any] | None = None, data: dict[str, Any] | None = None) -> None:
+        files.write_json(self.config_path, {"config": config, "info": info, "provenance": provenance,
+                                            "data": data})
 
     def write_results(self, results: dict[str, Any]) -> None:
-        write_json(self.results_path, results)
+        files.write_json(self.results_path, results)
 
     def read_metrics(self) -> list[dict[str, Any]]:
         if not self.metrics_path.is_file():
@@ -119,7 +94,8 @@ class RunDir:
 
     def write_metrics(self, rows: list[dict[str, Any]]) -> None:
         """Rewrite the whole metrics file (atomically); used to append and to cut it back on resume."""
-        atomic_write(self.metrics_path, lambda fh: fh.writelines(json.dumps(r) + "\n" for r in rows))
+        lines = [json.dumps(files.strict_json(r), allow_nan=False) + "\n" for r in rows]
+        files.atomic_write(self.metrics_path, lambda fh: fh.writelines(lines))
 
     # ----------------------------------------------------------------------------------- checkpoints
     def checkpoints(self) -> list[Path]:
@@ -144,7 +120,7 @@ class RunDir:
         """
         name = f"epoch-{epoch:04d}" + (f"-step-{step:06d}" if step else "")
         path = self.checkpoint_dir / f"{name}.pt"
-        atomic_write(path, lambda fh: torch.save({"format": CHECKPOINT_FORMAT, **state}, fh), binary=True)
+        files.atomic_write(path, lambda fh: torch.save({"format": CHECKPOINT_FORMAT, **state}, fh), binary=True)
         for old in self.checkpoints()[:-keep]:
             old.unlink(missing_ok=True)
         return path

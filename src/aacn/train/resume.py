@@ -1,0 +1,75 @@
+"""What a run does with its output folder: start fresh, continue, or report that it has finished.
+
+The rules never reuse a stale result and never continue a run under a different configuration:
+
+* ``--out`` must be a writable folder; that is checked before any data is loaded or model built.
+* Without ``--resume`` or ``--overwrite``, a folder that holds a run (finished or not) is refused.
+* ``--overwrite`` discards what the folder holds.
+* ``--resume`` on a finished run returns its results if its ``config.json`` equals the requested config
+  (ignoring fields that cannot change a result, see :meth:`aacn.config.RunConfig.differences`), and is refused,
+  naming the differing fields, otherwise.
+* ``--resume`` on an unfinished run compares the saved ``config.json`` (whether or not a checkpoint can be
+  read) and then the newest checkpoint's config; either difference is refused, naming the fields.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from aacn.config import RunConfig
+from aacn.errors import UserError
+from aacn.files import check_output_dir
+from aacn.train.records import RunDir
+
+
+@dataclass
+class Start:
+    """How a run begins: ``action`` is ``"fresh"``, ``"resume"`` or ``"done"`` (``results`` then holds the
+    finished run's results)."""
+
+    run_dir: RunDir
+    action: str
+    results: dict[str, Any] | None = None
+
+
+def prepare_run_dir(config: RunConfig, *, resume: bool, overwrite: bool) -> Start:
+    """Check ``config.out`` and decide what the run does with it (see the module docstring)."""
+    check_output_dir(config.out, "--out")
+    run_dir = RunDir(config.out)
+    if overwrite:
+        return Start(run_dir, "fresh")
+    if run_dir.is_finished():
+        if not resume:
+            raise UserError(f"{run_dir.path} already holds a finished run; pass --resume to keep it, --overwrite "
+                            "to train again, or choose another --out")
+        check_same_config(run_dir, config, what="it finished with")
+        return Start(run_dir, "done", run_dir.read_results())
+    if not run_dir.has_started():
+        return Start(run_dir, "resume" if resume else "fresh")
+    if not resume:
+        raise UserError(f"{run_dir.path} holds an unfinished run; pass --resume to continue it or --overwrite to "
+                        "start over")
+    check_same_config(run_dir, config, what="its config.json holds")
+    return Start(run_dir, "resume")
+
+
+def check_same_config(run_dir: RunDir, config: RunConfig, *, what: str,
+                      saved: dict[str, Any] | None = None) -> None:
+    """Refuse to go on with ``config`` where the run in ``run_dir`` was made with a different one.
+
+    ``saved``: the config dict to compare with (e.g. a checkpoint's); by default the run's ``config.json``
+    (nothing to compare when there is none).
+    """
+    if saved is None:
+        if not run_dir.config_path.is_file():
+            return
+        previous = RunConfig.load(run_dir.config_path)
+    else:
+        previous = RunConfig.from_dict(saved)
+    diffs = previous.differences(config)
+    if diffs:
+        raise UserError(
+            f"cannot resume {run_dir.path}: {what} a different config ({'; '.join(diffs)}); rerun with the same "
+            "settings, or use --overwrite / another --out"
+        )
