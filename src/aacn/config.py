@@ -608,11 +608,9 @@ def _arg_type(name: str) -> Callable[[str], Any]:
     return convert
 
 
-def _help(opt: Option, choices: Iterable[str] | None) -> str:
+def _help(opt: Option) -> str:
     meta = opt.field.metadata
     text = meta["help"]
-    if choices and not meta["choices"]:
-        text += f": {' | '.join(choices)}"
     default = meta["default_text"] if opt.default is None else opt.default
     if opt.kind is bool and opt.default is True:
         return f"no {text}" if meta["flag"] and meta["flag"].startswith("--no-") else text
@@ -621,22 +619,24 @@ def _help(opt: Option, choices: Iterable[str] | None) -> str:
     return f"{text} (default {default})" if default is not None else text
 
 
-def add_arguments(parser: argparse.ArgumentParser, *, choices: Mapping[str, Iterable[str]] | None = None) -> None:
-    """Add a flag for every run option (grouped: run, data, optimisation, system, model).
+def add_arguments(parser: argparse.ArgumentParser, *, choices: Mapping[str, Iterable[str]] | None = None,
+                  only: Iterable[str] | None = None) -> None:
+    """Add a flag for every run option (grouped: data, optimisation, system, run, model), or for those in ``only``.
 
     Flags left out of the command line are absent from the parsed namespace (``argparse.SUPPRESS``), so
     :func:`given_options` returns exactly what the user typed. ``choices`` adds allowed values to options whose
     values a higher layer knows (``{"recipe": RECIPES}``).
     """
     choices = dict(choices or {})
+    wanted = set(OPTIONS if only is None else only)
     groups: dict[str, argparse._ArgumentGroup] = {}
     for opt in sorted(OPTIONS.values(), key=lambda o: list(_GROUP_TITLES).index(o.group)):
         meta = opt.field.metadata
-        if not meta["cli"]:
+        if not meta["cli"] or opt.name not in wanted:
             continue
         title = _GROUP_TITLES[opt.group]
         group = groups.get(title) or groups.setdefault(title, parser.add_argument_group(title))
-        flag, help_text = flag_of(opt.name), _help(opt, choices.get(opt.name))
+        flag, help_text = flag_of(opt.name), _help(opt)
         common: dict[str, Any] = {"dest": opt.name, "default": argparse.SUPPRESS, "help": help_text}
         if opt.kind is bool and opt.optional:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, **common)
@@ -649,8 +649,9 @@ def add_arguments(parser: argparse.ArgumentParser, *, choices: Mapping[str, Iter
 
 
 def given_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The run options present in parsed arguments, by flat name."""
-    return {name: getattr(args, name) for name in OPTIONS if hasattr(args, name)}
+    """The run options given as flags (see :func:`add_arguments`), by flat name."""
+    return {name: getattr(args, name) for name, opt in OPTIONS.items()
+            if opt.field.metadata["cli"] and hasattr(args, name)}
 
 
 def config_from_args(args: argparse.Namespace, defaults: Mapping[str, Any] | None = None) -> RunConfig:
