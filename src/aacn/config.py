@@ -648,10 +648,11 @@ def add_arguments(parser: argparse.ArgumentParser, *, choices: Mapping[str, Iter
                                **common)
 
 
-def given_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The run options given as flags (see :func:`add_arguments`), by flat name."""
+def given_options(args: argparse.Namespace, only: Iterable[str] | None = None) -> dict[str, Any]:
+    """The run options given as flags (see :func:`add_arguments`; those in ``only``), by flat name."""
+    wanted = set(OPTIONS if only is None else only)
     return {name: getattr(args, name) for name, opt in OPTIONS.items()
-            if opt.field.metadata["cli"] and hasattr(args, name)}
+            if opt.field.metadata["cli"] and name in wanted and hasattr(args, name)}
 
 
 def config_from_args(args: argparse.Namespace, defaults: Mapping[str, Any] | None = None) -> RunConfig:

@@ -42,7 +42,7 @@ def _reproduce(args: argparse.Namespace) -> int:
 
     if args.placement is not None and args.table != "table2":
         raise UserError(f"--placement applies to table2 only (table {args.table!r} has a fixed placement); drop it")
-    overrides = given_options(args)  # the run flags reproduce takes: _REPRODUCE_OPTIONS
+    overrides = given_options(args, _REPRODUCE_OPTIONS)
     overrides["compile"] = compile_default(args.compile, args.scale, overrides.get("device", "auto"))
     result = reproduce(args.table, scale=args.scale, seeds=args.seeds, placement=args.placement or "seed",
                        attention_impl=args.attention_impl, out=args.out, overwrite=args.overwrite, **overrides)

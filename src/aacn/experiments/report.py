@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aacn.config import RESUME_MUTABLE
+from aacn.config import OPTIONS, RESUME_MUTABLE, RunConfig
 from aacn.errors import UserError
+from aacn.experiments.labels import run_label
 from aacn.train.records import RunDir
 
 __all__ = [
@@ -137,33 +138,9 @@ def load_runs(paths: Sequence[str | os.PathLike], *, partial: bool = False) -> l
 
 
 # ------------------------------------------------------------------------------------------------ labels
-def _model_name(model: str) -> str:
-    parts = model.lower().split("-")
-    if parts[0] == "wrn":
-        return "WRN-" + "-".join(parts[1:])
-    if model.lower().startswith("resnet"):
-        return "ResNet-" + model[len("resnet"):]
-    return model
-
-
-def run_label(config: dict[str, Any]) -> str:
-    """Row name of a run in the replication's style, e.g. ``AA-WRN-28-10``, ``AA-NRE-WRN-28-10`` (attention
-    without relative position embeddings), ``ResNet-34 (no aug)``."""
-    kwargs = config.get("model_kwargs") or {}
-    label = _model_name(str(config.get("model", "?")))
-    attention = kwargs.get("attention", "none")
-    if attention not in (None, "none", "", []):
-        label = ("AA-" if kwargs.get("relative", True) else "AA-NRE-") + label
-    if not config.get("augment", True):
-        label += " (no aug)"
-    return label
-
-
 def flat_config(config: dict[str, Any]) -> dict[str, Any]:
-    """Config fields that tell rows apart: ``model_kwargs`` merged in, ignored fields dropped."""
-    flat = {k: v for k, v in config.items() if k not in GROUP_IGNORED and k != "model_kwargs"}
-    flat.update(config.get("model_kwargs") or {})
-    return flat
+    """Options that tell rows apart (flat names, any saved config format), ignored ones dropped."""
+    return {k: v for k, v in RunConfig.from_dict(config).flat().items() if k not in GROUP_IGNORED}
 
 
 def _key(config: dict[str, Any]) -> str:
@@ -326,7 +303,7 @@ def format_rows(
 def settings_line(row: ReportRow) -> str:
     """How a row's runs were trained, in one line (for report.md)."""
     f = row.fields
-    kwargs = {k: v for k, v in f.items() if k in (row.runs[0].config.get("model_kwargs") or {})}
+    kwargs = {k: v for k, v in f.items() if OPTIONS[k].group == "arch" and k != "model" and v != OPTIONS[k].default}
     parts = [f"{f.get('model')} on {f.get('dataset')}", f"{f.get('epochs')} epochs", f"recipe {f.get('recipe')}",
              f"batch {f.get('batch_size')}", "augmented" if f.get("augment") else "no augmentation"]
     if f.get("subset"):
