@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from aacn.experiments.presets import FAST_EPOCHS
+from aacn.experiments.presets import scale_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 GOALS = {"plain_epoch_s": 8.0, "aa_ratio": 1.5, "accuracy": 95.0, "accuracy_time_s": 600.0, "scaling": 0.90}
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--impls", nargs="+", default=["auto", "triton"], help="attention impls of the AA runs")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--accuracy", action="store_true",
-                   help=f"also train the plain model for the fast scale's {FAST_EPOCHS['wrn-28-10']} epochs")
+                   help="also train the plain model for the fast scale's epochs")
     p.add_argument("--out", default="benchmarks/results/gpu_targets.json")
     args = p.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for impl in args.impls
         }
         if args.accuracy:
-            result["accuracy"] = train(args, tmp / "accuracy", FAST_EPOCHS.get(args.model, 90))
+            result["accuracy"] = train(args, tmp / "accuracy", scale_settings(args.model, "fast")["epochs"])
         gpus = torch.cuda.device_count() if gpu else 0
         result["scaling"] = scaling(args, gpus, tmp) if gpus >= 2 else None
     table = ["| target | goal | measured | met |", "|---|---|---|---|"]

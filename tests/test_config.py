@@ -73,7 +73,7 @@ def test_result_neutral_and_sweep_keys_come_from_the_declarations():
     ({"lr": float("nan")}, "lr must be a positive number"),
     ({"amp": "int8"}, "amp must be one of"),
     ({"device": "gpu"}, "device must be one of auto, cpu, cuda, mps or cuda:N"),
-    ({"kappa": 1.5}, "kappa must be a number in (0, 1]"),
+    ({"kappa": 1.5}, "kappa must be a fraction in (0, 1]"),
     ({"relative": "yes"}, "relative must be True or False"),
     ({"label_smoothing": 1.0}, "label_smoothing must be a probability in [0, 1)"),
     ({"compile_mode": "fastest"}, "compile_mode must be one of ['default', 'reduce-overhead', 'max-autotune']"),

@@ -52,7 +52,7 @@ def test_bad_values_fail_before_any_training(tmp_path, tiny_cifar10, monkeypatch
     monkeypatch.setattr(aacn.train, "run", lambda *a, **k: pytest.fail("trained despite a bad grid"))
     base = RunConfig(model="wrn-10-1", attention="seed", base_width=4, data_dir=str(tiny_cifar10), val_size=50,
                      batch_size=50, progress=False)
-    with pytest.raises(UserError, match=r"kappa-1.5.*kappa must be a number in \(0, 1\]"):
+    with pytest.raises(UserError, match=r"kappa-1.5.*kappa must be a fraction in \(0, 1\]"):
         sweep(base, parse_grid(["kappa=0.2,1.5"]), tmp_path)
     with pytest.raises(UserError, match="num_heads=32 is larger than out_channels"):
         check_points(grid_points(base, {"num_heads": [32]}, tmp_path))

@@ -64,7 +64,7 @@ def test_train_writes_the_records_and_the_loss_falls(tiny_cifar10, tmp_path, cap
     state = torch.load(sorted((out / "checkpoints").iterdir())[-1], weights_only=True)
     model.load_state_dict(state["model"])  # a plain state dict, loadable with weights_only=True
     saved = json.loads((out / "config.json").read_text())
-    assert saved["config"]["model_kwargs"] == {"base_width": 4} and saved["info"]["global_batch_size"] == 50
+    assert saved["config"]["arch"]["base_width"] == 4 and saved["info"]["global_batch_size"] == 50
     assert len(list((out / "checkpoints").iterdir())) == 2  # the newest two are kept
 
     capsys.readouterr()
@@ -165,7 +165,7 @@ def exit_code(argv: list[str]) -> int:
         (["--subset", "100000"], "subset=100000"),
         (["--batch-size", "1000"], "larger than the 400 training images"),
         (["--dataset", "mnist"], "invalid choice"),
-        (["--recipe", "adamw"], "unknown recipe"),
+        (["--recipe", "adamw"], "invalid choice: 'adamw'"),
         (["--kappa", "1.5"], "--kappa: must be a fraction in (0, 1]"),
     ],
 )

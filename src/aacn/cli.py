@@ -12,8 +12,8 @@ import os
 import sys
 
 from aacn import __version__
-from aacn.config import RunConfig, config_from_args
-from aacn.errors import UserError
+from aacn.config import OPTIONS, RunConfig, config_from_args, flag_of
+from aacn.errors import OptionError, UserError
 from aacn.experiments import commands
 
 
@@ -70,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(exc, "all_ranks", False) and os.environ.get("RANK", "0") != "0":
             return 2  # the same error on every rank: rank 0 says it once
         message = " ".join(str(exc).split())
+        if isinstance(exc, OptionError) and exc.option in OPTIONS and message.startswith(exc.option + " "):
+            message = flag_of(exc.option) + message[len(exc.option):]  # library errors name options; we say flags
         print(f"aacn {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

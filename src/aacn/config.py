@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import numbers
@@ -101,7 +102,7 @@ def non_negative_number(value: Any) -> str | None:
 
 def fraction(value: Any) -> str | None:
     ok = _is_real(value) and 0 < value <= 1
-    return None if ok else "must be a number in (0, 1] (e.g. 0.2; 1 = fully attentional)"
+    return None if ok else "must be a fraction in (0, 1] (e.g. 0.2; 1 = fully attentional)"
 
 
 def probability(value: Any) -> str | None:
@@ -150,16 +151,13 @@ def option(default: Any = None, help: str = "", *, flat: str | None = None, flag
     """
     metadata = {"help": help, "flat": flat, "flag": flag, "choices": tuple(choices) if choices else None,
                 "check": check, "neutral": neutral, "sweep": sweep and run, "cli": cli and run, "run": run,
-                "default_text": default_text,
-                "metavar": metavar}
-    if dataclasses.is_dataclass(default):
-        return field(default_factory=type(default), metadata=metadata)
+                "default_text": default_text, "metavar": metavar}
     return field(default=default, metadata=metadata)
 
 
 def _validate(obj: Any) -> None:
     """Check and normalise every option field of a config dataclass (called from ``__post_init__``)."""
-    hints = typing.get_type_hints(type(obj))
+    hints = _hints(type(obj))
     for f in dataclasses.fields(obj):
         if "help" not in f.metadata:
             continue
@@ -172,15 +170,25 @@ def _validate(obj: Any) -> None:
             value = _placement_value(value)
         elif kind is float and _is_real(value):
             value = float(value)
-        if f.metadata["check"] is None and not _KIND_TESTS[kind](value):  # a check tests the type itself
-            raise OptionError(name, f"{name} must be {_KIND_WORDS[kind]}, got {value!r}")
-        choices, check = f.metadata["choices"], f.metadata["check"]
-        if choices and value not in choices:
-            raise OptionError(name, f"{name} must be one of {list(choices)}, got {value!r}")
-        problem = check(value) if check else None
+        problem = _problem(f, kind, value)
         if problem:
             raise OptionError(name, f"{name} {problem}, got {value!r}")
         object.__setattr__(obj, f.name, value)
+
+
+def _problem(f: dataclasses.Field, kind: type, value: Any) -> str | None:
+    """What is wrong with a (non-None) value of an option field: its type, choices or check; None if nothing."""
+    choices, check = f.metadata["choices"], f.metadata["check"]
+    if check is None and not _KIND_TESTS[kind](value):  # a check tests the type itself
+        return f"must be {_KIND_WORDS[kind]}"
+    if choices and value not in choices:
+        return f"must be one of {list(choices)}"
+    return check(value) if check else None
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
 
 
 _KIND_WORDS = {int: "an integer", str: "a string", bool: "True or False", float: "a number"}
@@ -508,7 +516,7 @@ class Option:
 
 
 def _leaves(cls: type, path: tuple[str, ...]) -> Iterable[Option]:
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     for f in dataclasses.fields(cls):
         if dataclasses.is_dataclass(hints[f.name]):
             yield from _leaves(hints[f.name], (*path, f.name))
@@ -575,12 +583,7 @@ def parse_value(name: str, text: str) -> Any:
 def check_value(name: str, value: Any) -> str | None:
     """What is wrong with ``value`` for option ``name`` on its own (choices and check), or None."""
     opt = OPTIONS[name]
-    if value is None and opt.optional:
-        return None
-    choices, check = opt.field.metadata["choices"], opt.field.metadata["check"]
-    if choices and value not in choices:
-        return f"must be one of {', '.join(choices)}"
-    return check(value) if check else None
+    return None if value is None and opt.optional else _problem(opt.field, opt.kind, value)
 
 
 # ------------------------------------------------------------------------------------------------- CLI
@@ -599,7 +602,7 @@ def _arg_type(name: str) -> Callable[[str], Any]:
             value = parse_value(name, text)
         except ValueError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
-        problem = check_value(name, value)
+        problem = None if OPTIONS[name].field.metadata["choices"] else check_value(name, value)  # argparse checks
         if problem:
             raise argparse.ArgumentTypeError(f"{problem}, got {text!r}")
         return value

@@ -119,7 +119,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "reproduce", help="train and report table1 | table2 | paper-cifar100",
         description="Train every run of a table one after the other into OUT/<run>/ (finished runs are kept, "
                     "unfinished ones resumed; a run shared by two tables trains once), then write the table's "
-                    "report.md, report.csv and learning_curves.png into OUT/<table>/.")
+                    "report.md, report.csv and learning_curves.png into OUT/<table>[-<placement>]/.")
     p.add_argument("table", choices=TABLES)
     p.add_argument("--scale", choices=SCALES, default="smoke",
                    help="smoke: narrow models, 2-core CPU minutes; fast: one modern GPU; full: the replication's "
