@@ -47,6 +47,7 @@ __all__ = [
     "STEMS",
     "COMPILE_MODES",
     "PLACEMENTS",
+    "ATTENTION_KWARGS",
     "option",
     "Option",
     "AttentionConfig",
@@ -238,6 +239,18 @@ class AttentionConfig:
     @property
     def enabled(self) -> bool:
         return self.placement != "none"
+
+    @classmethod
+    def from_kwargs(cls, **options: Any) -> AttentionConfig:
+        """From options named as ``create_model`` and the CLI name them (``attention``, ``attention_impl``, ...)."""
+        unknown = sorted(set(options) - set(ATTENTION_KWARGS))
+        if unknown:
+            raise OptionError(unknown[0], f"unknown attention option(s) {unknown}; accepted: {list(ATTENTION_KWARGS)}")
+        return cls(**{ATTENTION_KWARGS[name]: value for name, value in options.items()})
+
+
+ATTENTION_KWARGS = {f.metadata["flat"] or f.name: f.name for f in dataclasses.fields(AttentionConfig)}
+"""Attention options by the names ``create_model`` and the CLI use -> AttentionConfig field names."""
 
 
 @dataclass(frozen=True)
@@ -471,16 +484,11 @@ def _replace_flat(group: Any, flat: Mapping[str, Any], depth: int = 1) -> Any:
 
 
 def model_kwargs(config: ModelConfig) -> dict[str, Any]:
-    """``create_model`` keyword arguments of a model config (family options left at ``None`` are omitted)."""
-    kwargs: dict[str, Any] = {
-        name: getattr(config, name) for name in ("base_width", "stem", "dropout") if getattr(config, name) is not None
-    }
-    if config.input_size != 32:
-        kwargs["input_size"] = config.input_size
-    att = config.attention
-    kwargs.update(attention=_jsonable(att.placement), relative=att.relative, num_heads=att.num_heads,
-                  kappa=att.kappa, upsilon=att.upsilon, min_key_depth_per_head=att.min_key_depth_per_head,
-                  attention_impl=att.impl)
+    """``create_model(config.name, config.num_classes, **model_kwargs(config))`` builds ``config``'s network
+    (family options left at ``None`` are omitted)."""
+    kwargs = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+              if f.name not in ("name", "num_classes", "attention") and getattr(config, f.name) is not None}
+    kwargs.update({name: _jsonable(getattr(config.attention, attr)) for name, attr in ATTENTION_KWARGS.items()})
     return kwargs
 
 

@@ -201,7 +201,8 @@ def apply_attention(model: nn.Module, attention: AttentionConfig | str | Sequenc
     ``stride``, ``resolution`` (``[H, W]``, the grid the attention runs on), ``dk``, ``dv``, ``num_heads``,
     ``relative``. Validates everything before changing the model. Returns ``model``.
     """
-    config = attention if isinstance(attention, AttentionConfig) else _attention_config(attention, options)
+    config = attention if isinstance(attention, AttentionConfig) else AttentionConfig.from_kwargs(
+        attention=attention, **options)
     chosen = resolve_placement(model.arch_family, model.conv_slots, config.placement)
     plans = []
     for slot in chosen:  # check every layer before touching the model
@@ -226,14 +227,3 @@ def apply_attention(model: nn.Module, attention: AttentionConfig | str | Sequenc
                        "num_heads": config.num_heads, "relative": config.relative})
     model.attention_layers = layers
     return model
-
-
-def _attention_config(placement: Any, options: dict[str, Any]) -> AttentionConfig:
-    """An AttentionConfig from a placement and options named as ``create_model`` names them."""
-    options = dict(options)
-    if "attention_impl" in options:
-        options["impl"] = options.pop("attention_impl")
-    unknown = sorted(set(options) - {f for f in AttentionConfig.__dataclass_fields__ if f != "placement"})
-    if unknown:
-        raise ValueError(f"unknown attention option(s) {unknown}")
-    return AttentionConfig(placement=placement, **options)

@@ -26,15 +26,13 @@ from typing import Any
 
 from torch import nn
 
-from aacn.config import AttentionConfig, ModelConfig
+from aacn.config import ATTENTION_KWARGS, AttentionConfig, ModelConfig
 from aacn.models.placement import apply_attention
 from aacn.models.resnet import ResNet, resnet34
 from aacn.models.wide_resnet import WideResNet, wide_resnet
 
 __all__ = ["create_model", "list_models", "register_model", "model_family"]
 
-_ATTENTION_KWARGS = {"attention": "placement", "attention_impl": "impl", **{
-    name: name for name in AttentionConfig.__dataclass_fields__ if name not in ("placement", "impl")}}
 _FAMILY_KWARGS = ("stem", "dropout")  # options only some families take
 
 
@@ -109,14 +107,12 @@ def _build_wrn(match: re.Match[str], config: ModelConfig) -> nn.Module:
 def model_config(name: str, num_classes: int = 10, **kwargs: Any) -> ModelConfig:
     """The :class:`ModelConfig` of ``create_model``'s keyword form (unknown keywords raise ``ValueError``)."""
     _lookup(name)
-    allowed = ("base_width", "input_size", *_FAMILY_KWARGS, *_ATTENTION_KWARGS)
+    allowed = ("base_width", "input_size", *_FAMILY_KWARGS, *ATTENTION_KWARGS)
     unknown = sorted(set(kwargs) - set(allowed))
     if unknown:
         raise ValueError(f"unknown argument(s) {unknown} for model {name!r}; accepted: {sorted(allowed)}")
-    attention = {_ATTENTION_KWARGS[k]: kwargs.pop(k) for k in list(kwargs) if k in _ATTENTION_KWARGS}
-    if "placement" in attention and isinstance(attention["placement"], list):
-        attention["placement"] = tuple(attention["placement"])
-    return ModelConfig(name=name, num_classes=num_classes, attention=AttentionConfig(**attention), **kwargs)
+    attention = AttentionConfig.from_kwargs(**{k: kwargs.pop(k) for k in list(kwargs) if k in ATTENTION_KWARGS})
+    return ModelConfig(name=name, num_classes=num_classes, attention=attention, **kwargs)
 
 
 def create_model(config: ModelConfig | str, num_classes: int | None = None, **kwargs: Any) -> nn.Module:
