@@ -191,7 +191,7 @@ def test_model_config_and_keyword_form_build_the_same_network():
         create_model(config.arch, 10)
 
 
-LOWER = ("nn", "models", "data", "config.py", "errors.py")
+LOWER = ("nn", "models", "data", "config.py", "options.py", "errors.py")
 HIGHER = ("aacn.train", "aacn.experiments", "aacn.viz", "aacn.cli")
 
 

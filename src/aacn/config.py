@@ -1,7 +1,7 @@
 """Typed configuration, each option declared once: :class:`AttentionConfig`, :class:`ModelConfig`, :class:`RunConfig`.
 
-Every option is a dataclass field whose metadata (:func:`option`) holds its help text, its CLI flag, its check
-and whether it can change a result. From these declarations come:
+Every option is a dataclass field whose metadata (:func:`aacn.options.option`) holds its help text, its CLI
+flag, its check and whether it can change a result. From these declarations come:
 
 - the ``aacn train`` / ``aacn sweep`` flags and their help (:func:`add_arguments`, :func:`config_from_args`);
 - the keys a sweep may vary and how their values parse (:data:`SWEEP_KEYS`, :func:`parse_value`);
@@ -23,12 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import json
-import math
-import numbers
-import types
-import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +33,21 @@ from aacn.data.augment import NORMALIZE_MODES
 from aacn.data.cifar import NUM_CLASSES
 from aacn.errors import OptionError, UserError
 from aacn.nn.functional import IMPLS
+from aacn.options import (
+    is_int,
+    is_real,
+    kind_of,
+    names_value,
+    non_negative_int,
+    non_negative_number,
+    option,
+    positive_int,
+    positive_number,
+    probability,
+    problem,
+    type_hints,
+    validate,
+)
 
 __all__ = [
     "CONFIG_FORMAT",
@@ -76,38 +86,9 @@ PLACEMENTS = ("none", "seed", "paper")
 
 
 # ------------------------------------------------------------------------------------------------ checks
-# A check returns what is wrong with a value ("must be ...") or None; the caller names the option.
-def _is_int(value: object) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_real(value: object) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def positive_int(value: Any) -> str | None:
-    return None if _is_int(value) and value > 0 else "must be a positive integer"
-
-
-def non_negative_int(value: Any) -> str | None:
-    return None if _is_int(value) and value >= 0 else "must be an integer >= 0"
-
-
-def positive_number(value: Any) -> str | None:
-    return None if _is_real(value) and math.isfinite(value) and value > 0 else "must be a positive number"
-
-
-def non_negative_number(value: Any) -> str | None:
-    return None if _is_real(value) and math.isfinite(value) and value >= 0 else "must be a number >= 0"
-
-
 def fraction(value: Any) -> str | None:
-    ok = _is_real(value) and 0 < value <= 1
+    ok = is_real(value) and 0 < value <= 1
     return None if ok else "must be a fraction in (0, 1] (e.g. 0.2; 1 = fully attentional)"
-
-
-def probability(value: Any) -> str | None:
-    return None if _is_real(value) and 0 <= value < 1 else "must be a probability in [0, 1)"
 
 
 def model_name(value: Any) -> str | None:
@@ -130,93 +111,6 @@ def placement_names(value: Any) -> str | None:
     return "must be 'none', 'seed', 'paper' or a list of block names"
 
 
-# ------------------------------------------------------------------------------------------ declarations
-def option(default: Any = None, help: str = "", *, flat: str | None = None, flag: str | None = None,
-           choices: Iterable[str] | None = None, check: Callable[[Any], str | None] | None = None,
-           neutral: bool = False, sweep: bool = True, cli: bool = True, run: bool = True,
-           default_text: str | None = None, metavar: str | None = None) -> Any:
-    """A config field with everything about the option in one place.
-
-    Args:
-        default: the value when the option is not given.
-        help: what the option does (the CLI help; the default is appended to it).
-        flat: the option's run-wide name when it differs from the field's (``impl`` -> ``attention_impl``).
-        flag: the CLI flag when it is not ``--<flat-name-with-dashes>`` (``--no-augment`` for a true default).
-        choices: the allowed values.
-        check: returns what is wrong with a value, or None.
-        neutral: the option cannot change a result (where files go, how fast it runs, what else is measured).
-        sweep: ``aacn sweep --grid`` may vary it.
-        cli: it has a flag of its own.
-        run: it is an option of a :class:`RunConfig` (False: set by code, e.g. ``num_classes`` by the dataset).
-        default_text: how help names a ``None`` default ("the recipe's").
-    """
-    metadata = {"help": help, "flat": flat, "flag": flag, "choices": tuple(choices) if choices else None,
-                "check": check, "neutral": neutral, "sweep": sweep and run, "cli": cli and run, "run": run,
-                "default_text": default_text, "metavar": metavar}
-    return field(default=default, metadata=metadata)
-
-
-def _validate(obj: Any) -> None:
-    """Check and normalise every option field of a config dataclass (called from ``__post_init__``)."""
-    hints = _hints(type(obj))
-    for f in dataclasses.fields(obj):
-        if "help" not in f.metadata:
-            continue
-        name = f.metadata["flat"] or f.name
-        value = getattr(obj, f.name)
-        kind, optional = _kind(hints[f.name])
-        if value is None and optional:
-            continue
-        if kind is tuple and isinstance(value, (str, list)):  # placements: names as a list or comma string
-            value = _placement_value(value)
-        elif kind is float and _is_real(value):
-            value = float(value)
-        problem = _problem(f, kind, value)
-        if problem:
-            raise OptionError(name, f"{name} {problem}, got {value!r}")
-        object.__setattr__(obj, f.name, value)
-
-
-def _problem(f: dataclasses.Field, kind: type, value: Any) -> str | None:
-    """What is wrong with a (non-None) value of an option field: its type, choices or check; None if nothing."""
-    choices, check = f.metadata["choices"], f.metadata["check"]
-    if check is None and not _KIND_TESTS[kind](value):  # a check tests the type itself
-        return f"must be {_KIND_WORDS[kind]}"
-    if choices and value not in choices:
-        return f"must be one of {list(choices)}"
-    return check(value) if check else None
-
-
-@functools.cache
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-_KIND_WORDS = {int: "an integer", str: "a string", bool: "True or False", float: "a number"}
-_KIND_TESTS: dict[type, Callable[[Any], bool]] = {
-    int: _is_int, float: _is_real, str: lambda v: isinstance(v, str), bool: lambda v: isinstance(v, bool)}
-
-
-def _kind(hint: Any) -> tuple[type, bool]:
-    """(base type, None allowed) of an annotation such as ``int | None`` or ``str | tuple[str, ...]``."""
-    args = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union \
-        else (hint,)
-    optional = type(None) in args
-    bases = [a for a in args if a is not type(None)]
-    if any(typing.get_origin(b) is tuple for b in bases):
-        return tuple, optional
-    return bases[0], optional
-
-
-def _placement_value(value: str | list | tuple) -> str | tuple[str, ...]:
-    """``"seed"`` stays a name; ``"layer3.1,layer4.0"`` and lists become a tuple of stripped names."""
-    if isinstance(value, str):
-        if "," not in value:
-            return value.strip()
-        value = value.split(",")
-    return tuple(n.strip() if isinstance(n, str) else n for n in value if not isinstance(n, str) or n.strip())
-
-
 @dataclass(frozen=True)
 class AttentionConfig:
     """Where attention goes in a network and how it is shaped (Bello et al. 2019's Nh, kappa, upsilon)."""
@@ -234,7 +128,7 @@ class AttentionConfig:
                        flat="attention_impl", choices=IMPLS, neutral=True)
 
     def __post_init__(self) -> None:
-        _validate(self)
+        validate(self)
 
     @property
     def enabled(self) -> bool:
@@ -274,7 +168,7 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if isinstance(self.attention, Mapping):
             object.__setattr__(self, "attention", AttentionConfig(**self.attention))
-        _validate(self)
+        validate(self)
 
 
 @dataclass(frozen=True)
@@ -293,7 +187,7 @@ class DataConfig:
                                   default_text="$AACN_DATA, else a cache")
 
     def __post_init__(self) -> None:
-        _validate(self)
+        validate(self)
 
 
 @dataclass(frozen=True)
@@ -309,7 +203,7 @@ class OptimConfig:
     label_smoothing: float | None = option(None, "label smoothing", check=probability, default_text="the recipe's")
 
     def __post_init__(self) -> None:
-        _validate(self)
+        validate(self)
 
 
 @dataclass(frozen=True)
@@ -330,7 +224,7 @@ class SystemConfig:
     progress: bool = option(True, "progress bars", flag="--no-progress", neutral=True, sweep=False)
 
     def __post_init__(self) -> None:
-        _validate(self)
+        validate(self)
 
 
 _GROUPS = {"arch": ModelConfig, "data": DataConfig, "optim": OptimConfig, "system": SystemConfig}
@@ -373,7 +267,7 @@ class RunConfig:
         object.__setattr__(self, "out", str(top.get("out", "runs/run")))
         if self.arch.num_classes != NUM_CLASSES[self.data.dataset]:  # the dataset decides the classes
             object.__setattr__(self, "arch", dataclasses.replace(self.arch, num_classes=NUM_CLASSES[self.dataset]))
-        _validate(self)
+        validate(self)
 
     # ---------------------------------------------------------------------------------------- flat view
     def flat(self) -> dict[str, Any]:
@@ -417,7 +311,7 @@ class RunConfig:
         if "format" not in data:
             return cls(**data)
         version = data["format"]
-        if not _is_int(version) or version > CONFIG_FORMAT:
+        if not is_int(version) or version > CONFIG_FORMAT:
             raise UserError(f"config format {version!r} is newer than this aacn reads ({CONFIG_FORMAT}); "
                             "upgrade aacn")
         unknown = sorted(set(data) - {"format", "seed", "out", *_GROUPS})
@@ -524,12 +418,12 @@ class Option:
 
 
 def _leaves(cls: type, path: tuple[str, ...]) -> Iterable[Option]:
-    hints = _hints(cls)
+    hints = type_hints(cls)
     for f in dataclasses.fields(cls):
         if dataclasses.is_dataclass(hints[f.name]):
             yield from _leaves(hints[f.name], (*path, f.name))
         elif f.metadata.get("run"):
-            kind, optional = _kind(hints[f.name])
+            kind, optional = kind_of(hints[f.name])
             yield Option(f.metadata["flat"] or f.name, (*path, f.name), f, kind, optional)
 
 
@@ -574,7 +468,7 @@ def parse_value(name: str, text: str) -> Any:
             return text.lower() in _TRUE
         raise ValueError(f"expected true or false, got {text!r}")
     if opt.kind is tuple:
-        return _placement_value(text)
+        return names_value(text)
     if opt.kind is int:
         try:
             return int(text)
@@ -591,7 +485,7 @@ def parse_value(name: str, text: str) -> Any:
 def check_value(name: str, value: Any) -> str | None:
     """What is wrong with ``value`` for option ``name`` on its own (choices and check), or None."""
     opt = OPTIONS[name]
-    return None if value is None and opt.optional else _problem(opt.field, opt.kind, value)
+    return None if value is None and opt.optional else problem(opt.field, opt.kind, value)
 
 
 # ------------------------------------------------------------------------------------------------- CLI
