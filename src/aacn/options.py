@@ -133,15 +133,6 @@ def kind_of(hint: Any) -> tuple[type, bool]:
     return bases[0], optional
 
 
-def _placement_value(value: str | list | tuple) -> str | tuple[str, ...]:
-    """``"seed"`` stays a name; ``"layer3.1,layer4.0"`` and lists become a tuple of stripped names."""
-    if isinstance(value, str):
-        if "," not in value:
-            return value.strip()
-        value = value.split(",")
-    return tuple(n.strip() if isinstance(n, str) else n for n in value if not isinstance(n, str) or n.strip())
-
-
 def names_value(value: str | list | tuple) -> str | tuple[str, ...]:
     """``"seed"`` stays a name; ``"layer3.1,layer4.0"`` and lists become a tuple of stripped names."""
     if isinstance(value, str):
