@@ -150,7 +150,7 @@ def test_dropout_only_in_training() -> None:
         ("resnet34", {"input_size": 0}, "input_size must be a positive integer"),
         ("wrn-16-4", {"dropout": 1.0}, "dropout must be a probability"),
         ("resnet34", {"attention": "everywhere"}, "unknown placement or block 'everywhere'"),
-        ("resnet34", {"kappa": 0}, "kappa must be a number in (0, 1]"),
+        ("resnet34", {"kappa": 0}, "kappa must be a fraction in (0, 1]"),
     ],
 )
 def test_bad_input(name: str, kwargs: dict, fragment: str) -> None:

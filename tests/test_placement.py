@@ -102,9 +102,9 @@ def test_bad_placement(attention, fragment: str) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "fragment"),
     [
-        ({"kappa": 0.0}, "kappa must be a number in (0, 1]"),
-        ({"kappa": 1.5}, "kappa must be a number in (0, 1]"),
-        ({"upsilon": -0.1}, "upsilon must be a number in (0, 1]"),
+        ({"kappa": 0.0}, "kappa must be a fraction in (0, 1]"),
+        ({"kappa": 1.5}, "kappa must be a fraction in (0, 1]"),
+        ({"upsilon": -0.1}, "upsilon must be a fraction in (0, 1]"),
         ({"num_heads": 0}, "num_heads must be a positive integer"),
         ({"num_heads": 2.0}, "num_heads must be a positive integer"),
         ({"min_key_depth_per_head": 0}, "min_key_depth_per_head must be a positive integer"),

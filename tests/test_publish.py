@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -30,7 +29,7 @@ def data(label: str = "official", test: str = "a" * 64) -> dict:
 
 def write_record(path: Path, cfg: RunConfig, test_acc: float, *, data_record: dict | None = None) -> Path:
     """A finished run's record as 'aacn train' writes it (config, metrics, results), without training."""
-    config = dataclasses.replace(cfg, out=str(path)).to_dict()
+    config = cfg.replace(out=str(path)).to_dict()
     record = {"provenance": PROV, "data": data_record or data()}
     run = RunDir(path)
     path.mkdir(parents=True)
@@ -68,10 +67,10 @@ def results(tmp_path) -> Path:
     rows = dict(preset("table2", "smoke"))
     resnet, aa = rows["ResNet-34"], rows["AA-ResNet-34"]
     write_record(root / "smoke" / run_slug("ResNet-34", 0), resnet, 50.0)
-    write_record(root / "smoke" / run_slug("ResNet-34", 1), dataclasses.replace(resnet, seed=1), 52.0)
-    aa_sdpa = dataclasses.replace(aa, model_kwargs={**aa.model_kwargs, "attention_impl": "sdpa"}, device="cpu")
+    write_record(root / "smoke" / run_slug("ResNet-34", 1), resnet.replace(seed=1), 52.0)
+    aa_sdpa = aa.replace(attention_impl="sdpa", device="cpu")
     write_record(root / "smoke" / "aa-resnet-34-seed0", aa_sdpa, 55.5)
-    write_record(root / "smoke" / "resnet-34-3-epochs", dataclasses.replace(resnet, epochs=3), 44.0)
+    write_record(root / "smoke" / "resnet-34-3-epochs", resnet.replace(epochs=3), 44.0)
     write_anchor(root / "anchors" / "airbench94-seed0")
     (root / "NOTES.md").write_text("Measured by hand: **AA/plain step time 1.9x**.\n")
     return root

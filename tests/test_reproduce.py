@@ -10,8 +10,8 @@ from test_report import write_run
 
 import aacn.train
 from aacn.cli import main
-from aacn.data import NUM_CLASSES
-from aacn.experiments.presets import SCALES, TABLES, preset, run_slug, scale_settings
+from aacn.errors import UserError
+from aacn.experiments.presets import SCALES, TABLES, preset, run_folder, run_slug, scale_settings
 from aacn.experiments.reproduce import reproduce
 from aacn.models import create_model
 from aacn.train.records import RunDir
@@ -34,24 +34,42 @@ def test_full_scale_is_the_replications_protocol():
     by_model = {cfg.model: cfg for _, cfg in preset("table1", "full")}
     assert (by_model["resnet34"].epochs, by_model["resnet34"].recipe) == (220, "seed-adam")
     assert (by_model["wrn-28-10"].epochs, by_model["wrn-28-10"].recipe) == (60, "wrn-sgd")
-    assert all(cfg.subset is None and "base_width" not in cfg.model_kwargs and cfg.normalize == "seed"
-               for cfg in by_model.values())
+    assert all(cfg.subset is None and cfg.base_width is None and cfg.normalize == "seed" for cfg in by_model.values())
     c100 = preset("paper-cifar100", "full")
-    assert all(cfg.dataset == "cifar100" and cfg.epochs == 200 and cfg.recipe == "wrn-sgd" for _, cfg in c100)
-    assert c100[1][1].model_kwargs == {"attention": "paper", "relative": True}
+    assert all(cfg.dataset == "cifar100" and cfg.epochs == 200 and cfg.recipe == "wrn-sgd" and
+               cfg.normalize == "standard" and cfg.arch.num_classes == 100 for _, cfg in c100)
+    assert (c100[0][1].attention, c100[1][1].attention, c100[1][1].relative) == ("none", "paper", True)
+
+
+def test_fast_scale_shortens_wrn_only():
+    by_model = {cfg.model: cfg for _, cfg in preset("table1", "fast")}
+    assert (by_model["resnet34"].epochs, by_model["wrn-28-10"].epochs) == (30, 40)
+    assert all(cfg.recipe == "fast" and cfg.batch_size == 512 for cfg in by_model.values())
+    assert scale_settings("wrn-16-4", "fast")["epochs"] == 40  # the family, read from the registry
+
+
+def test_shared_rows_have_one_folder_and_distinct_runs_distinct_folders():
+    runs = [(run_folder(label, cfg), cfg) for table in TABLES for p in ("seed", "paper")
+            for label, cfg in preset(table, "fast", placement=p)]
+    folders = {folder: cfg for folder, cfg in runs}
+    assert all(folders[folder] == cfg for folder, cfg in runs)  # one folder holds one experiment
+    assert len(folders) == len({repr(cfg) for _, cfg in runs}) == 12  # 4 + 3 + 3 attention rows + 2 CIFAR-100
+    t1 = {run_folder(label, cfg) for label, cfg in preset("table1", "fast")}
+    t2 = {run_folder(label, cfg) for label, cfg in preset("table2", "fast")}
+    assert t1 & t2 == {"resnet-34-seed0", "wrn-28-10-seed0"}  # Table 1's augmented rows are Table 2's plain rows
 
 
 @pytest.mark.parametrize("placement", ["seed", "paper"])
 def test_table2_placement_and_no_relative_row(placement):
-    kwargs = [cfg.model_kwargs for _, cfg in preset("table2", "full", placement=placement)]
-    assert [k.get("attention", "none") for k in kwargs] == ["none", placement, "none", placement, placement]
-    assert [k.get("relative") for k in kwargs] == [None, True, None, True, False]
+    configs = [cfg for _, cfg in preset("table2", "full", placement=placement)]
+    assert [c.attention for c in configs] == ["none", placement, "none", placement, placement]
+    assert [c.relative for c in configs] == [True, True, True, True, False]
     assert all(cfg.augment for _, cfg in preset("table2", "full", placement=placement))
 
 
 def test_attention_impl_goes_to_the_attention_rows_only():
     runs = preset("table2", "fast", attention_impl="chunked")
-    assert [cfg.model_kwargs.get("attention_impl") for _, cfg in runs] == [None, "chunked", None, "chunked", "chunked"]
+    assert [cfg.attention_impl for _, cfg in runs] == ["auto", "chunked", "auto", "chunked", "chunked"]
     assert [label for label, _ in runs] == [label for label, _ in preset("table2", "fast")]  # same rows
     with pytest.raises(ValueError, match="unknown attention impl 'flash'"):
         preset("table2", attention_impl="flash")
@@ -61,12 +79,11 @@ def test_attention_impl_goes_to_the_attention_rows_only():
 @pytest.mark.parametrize("scale", SCALES)
 def test_every_preset_run_is_valid(table, scale):
     for _, cfg in preset(table, scale, placement="paper", device="cpu"):
-        cfg.validate()
         with torch.device("meta"):
-            create_model(cfg.model, NUM_CLASSES[cfg.dataset], **cfg.model_kwargs)
+            create_model(cfg.arch)
         assert cfg.device == "cpu"
         if scale == "smoke":
-            assert cfg.subset and cfg.model_kwargs["base_width"] < 16
+            assert cfg.subset and cfg.base_width < 16
         if scale == "fast":
             assert cfg.recipe == "fast"
 
@@ -76,14 +93,14 @@ def test_bad_preset_arguments():
         preset("table3")
     with pytest.raises(ValueError, match="unknown scale"):
         scale_settings("resnet34", "huge")
-    with pytest.raises(ValueError, match="unknown RunConfig field"):
+    with pytest.raises(ValueError, match="unknown option"):
         preset("table1", epochz=3)
 
 
 def _fake_trainer(calls):
     def fake_run(config, *, resume=False, overwrite=False):
         calls.append((Path(config.out).name, resume))
-        fields = {k: v for k, v in config.to_dict().items() if k not in ("out", "epochs")}
+        fields = {k: v for k, v in config.flat().items() if k not in ("out", "epochs")}
         write_run(Path(config.out), epochs=config.epochs, test_acc=60.0 + config.seed, **fields)
         return RunDir(config.out).read_results()
     return fake_run
@@ -96,7 +113,7 @@ def test_reproduce_skips_finished_resumes_started_and_reports(tmp_path, monkeypa
     result = reproduce("table1", scale="smoke", seeds=2, out=out, log=lambda *a: None)
     assert len(calls) == 8 and not any(resume for _, resume in calls)
     assert [r.label for r in result.rows] == TABLE1 and all(len(r.runs) == 2 for r in result.rows)
-    assert "60.50 ± 0.71" in (out / "report.md").read_text()  # seeds 0 and 1 -> 60 and 61
+    assert "60.50 ± 0.71" in (out / "table1" / "report.md").read_text()  # seeds 0 and 1 -> 60 and 61
 
     (out / "wrn-28-10-seed1" / "results.json").unlink()  # as if it was interrupted
     calls.clear()
@@ -106,7 +123,44 @@ def test_reproduce_skips_finished_resumes_started_and_reports(tmp_path, monkeypa
     calls.clear()
     assert main(["reproduce", "table1", "--seeds", "2", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert calls == [] and "| ResNet-34 (no aug)" in printed and str(out / "report.md") in printed
+    assert calls == [] and "| ResNet-34 (no aug)" in printed and str(out / "table1" / "report.md") in printed
+
+    calls.clear()  # Table 2 shares its plain rows with Table 1: only its attention rows train
+    result = reproduce("table2", scale="smoke", seeds=2, out=out, log=lambda *a: None)
+    assert sorted(calls) == sorted((f"{row}-seed-placement-seed{s}", False) for s in (0, 1)
+                                   for row in ("aa-resnet-34", "aa-wrn-28-10", "aa-nre-wrn-28-10"))
+    assert [r.label for r in result.rows] == TABLE2 and (out / "table2-seed" / "report.md").is_file()
+
+
+def test_reproduce_refuses_stale_runs_unless_overwrite(tmp_path, monkeypatch, capsys):
+    calls: list[tuple[str, bool]] = []
+    monkeypatch.setattr(aacn.train, "run", _fake_trainer(calls))
+    out = tmp_path / "runs"
+    reproduce("table1", scale="smoke", out=out, log=lambda *a: None)
+    calls.clear()
+    with pytest.raises(UserError, match=r"resnet-34-seed0 holds a finished run with other settings \(amp: "):
+        reproduce("table1", scale="smoke", out=out, amp="none", log=lambda *a: None)
+    assert calls == []  # refused before anything trained
+    reproduce("table1", scale="smoke", out=out, device="cpu", progress=False, log=lambda *a: None)
+    assert calls == []  # result-neutral options do not count
+
+    argv = ["reproduce", "table1", "--out", str(out), "--amp", "none"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "amp: 'auto' != 'none'" in err[0] and "--overwrite" in err[0]
+    assert main([*argv, "--overwrite"]) == 0
+    assert len(calls) == 4
+
+
+def test_interrupted_reproduce_says_run_the_same_command_again(tmp_path, monkeypatch):
+    def interrupted(config, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(aacn.train, "run", interrupted)
+    lines: list[str] = []
+    with pytest.raises(KeyboardInterrupt):
+        reproduce("table1", scale="smoke", out=tmp_path, log=lines.append)
+    assert "run the same command again" in lines[-1] and "--resume" not in lines[-1]
 
 
 def test_cli_bad_input_exits_2(tmp_path, capsys):

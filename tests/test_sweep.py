@@ -23,7 +23,9 @@ def test_parse_grid_types_and_order():
 
 @pytest.mark.parametrize("items, words", [
     (["heads=1,2"], ["'heads'", "num_heads"]),
+    (["device=cpu"], ["'device'", "not sweepable"]),
     (["num_heads=1,x"], ["num_heads", "'x'", "int"]),
+    (["epochs=2.5"], ["epochs", "'2.5'"]),
     (["kappa"], ["'kappa'", "KEY=V1,V2"]),
     (["relative=maybe"], ["relative", "'maybe'"]),
     (["kappa=0.1", "kappa=0.2"], ["twice"]),
@@ -42,17 +44,33 @@ def test_points_are_the_product_with_their_own_folders(tmp_path):
     assert len(points) == 6
     assert len({p.out for p in points}) == 6
     assert points[1].out == str(tmp_path / "num_heads-1_epochs-2")
-    assert points[1].epochs == 2 and points[1].model_kwargs == {"attention": "seed", "base_width": 4, "num_heads": 1}
-    assert base.model_kwargs == {"attention": "seed", "base_width": 4}  # base untouched
+    assert points[1].epochs == 2 and (points[1].attention, points[1].base_width, points[1].num_heads) == ("seed", 4, 1)
+    assert base.num_heads == 8 and base.epochs == 10  # base untouched
 
 
-def test_bad_values_fail_before_any_training(tmp_path, monkeypatch):
+def test_bad_values_fail_before_any_training(tmp_path, tiny_cifar10, monkeypatch):
     monkeypatch.setattr(aacn.train, "run", lambda *a, **k: pytest.fail("trained despite a bad grid"))
-    base = RunConfig(model="wrn-10-1", model_kwargs={"attention": "seed", "base_width": 4})
-    with pytest.raises(UserError, match=r"kappa-1.5.*kappa must be a number in \(0, 1\]"):
+    base = RunConfig(model="wrn-10-1", attention="seed", base_width=4, data_dir=str(tiny_cifar10), val_size=50,
+                     batch_size=50, progress=False)
+    with pytest.raises(UserError, match=r"kappa-1.5.*kappa must be a fraction in \(0, 1\]"):
         sweep(base, parse_grid(["kappa=0.2,1.5"]), tmp_path)
     with pytest.raises(UserError, match="num_heads=32 is larger than out_channels"):
         check_points(grid_points(base, {"num_heads": [32]}, tmp_path))
+    with pytest.raises(UserError, match="sweep point subset-100000: subset=100000 is larger than the 450 training"):
+        sweep(base, parse_grid(["subset=100,100000"]), tmp_path)
+    with pytest.raises(UserError, match="point subset-100_batch_size-128: batch_size=128 is larger than the 100 "):
+        sweep(base, parse_grid(["subset=100", "batch_size=50,128"]), tmp_path)
+    with pytest.raises(UserError, match="sweep point recipe-sgd: recipe must be one of"):
+        check_points(grid_points(base, {"recipe": ["fast", "sgd"]}, tmp_path))
+
+
+def test_cli_bad_grid_point_exits_2_before_training(tmp_path, tiny_cifar10, monkeypatch, capsys):
+    monkeypatch.setattr(aacn.train, "run", lambda *a, **k: pytest.fail("trained despite a bad grid"))
+    argv = ["sweep", "--model", "wrn-10-1", "--base-width", "2", "--data-dir", str(tiny_cifar10), "--val-size", "50",
+            "--batch-size", "50", "--no-progress", "--grid", "subset=100,100000", "--out", str(tmp_path)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "subset-100000" in err[0] and "larger than" in err[0]
 
 
 def test_cli_bad_grid_exits_2_with_one_line(tmp_path, capsys):
@@ -65,7 +83,7 @@ def test_two_point_sweep_resumes_after_a_crash(tmp_path, tiny_cifar10, monkeypat
     """Point 2 crashes once between its epochs; the rerun skips point 1 and resumes point 2."""
     base = RunConfig(model="wrn-10-1", epochs=2, batch_size=50, subset=100, val_size=50, recipe="paper-sgd",
                      data_dir=str(tiny_cifar10), device="cpu", progress=False, eval_batch_size=200,
-                     model_kwargs={"base_width": 4, "attention": "seed", "min_key_depth_per_head": 2})
+                     base_width=4, attention="seed", min_key_depth_per_head=2)
     grid = parse_grid(["num_heads=1,2"])
     out = tmp_path / "sweep"
     second = out / "num_heads-2"
@@ -112,10 +130,19 @@ def test_two_point_sweep_resumes_after_a_crash(tmp_path, tiny_cifar10, monkeypat
     sweep(base, grid, out)  # everything finished: nothing trains
     assert calls == []
 
+    # stale reuse: other settings in a finished point's folder are refused, naming them, unless overwrite
+    other = base.replace(epochs=1)
+    with pytest.raises(UserError, match=r"num_heads-1 holds a finished run with other settings \(epochs: 2 != 1\)"):
+        sweep(other, grid, out)
+    assert calls == []
+    sweep(other, parse_grid(["num_heads=1"]), out, overwrite=True)
+    assert calls == [(str(out / "num_heads-1"), False)]
+    assert [r["epoch"] for r in RunDir(out / "num_heads-1").read_metrics()] == [1]
 
-def test_cli_scale_fills_only_flags_left_at_their_defaults(tmp_path, monkeypatch, capsys):
+
+def test_cli_scale_fills_only_flags_left_out(tmp_path, monkeypatch, capsys):
     import aacn.experiments.sweep as sweep_module
-    from aacn.experiments.presets import SMOKE
+    from aacn.experiments.presets import SCALE_SETTINGS, SMOKE_ATTENTION
     from aacn.experiments.report import ReportResult
 
     seen = {}
@@ -125,11 +152,11 @@ def test_cli_scale_fills_only_flags_left_at_their_defaults(tmp_path, monkeypatch
         return ReportResult("table", [], [])
 
     monkeypatch.setattr(sweep_module, "sweep", fake_sweep)
-    argv = ["sweep", "--model", "wrn-28-10", "--attention", "seed", "--epochs", "7", "--scale", "smoke",
-            "--grid", "kappa=0.1,0.2", "--out", str(tmp_path)]
+    argv = ["sweep", "--model", "wrn-28-10", "--attention", "seed", "--epochs", "7", "--val-size", "5000",
+            "--scale", "smoke", "--grid", "kappa=0.1,0.2", "--out", str(tmp_path)]
     assert main(argv) == 0
-    base = seen["base"]
-    assert base.epochs == 7  # given explicitly: kept
-    assert base.subset == SMOKE["subset"] and base.model_kwargs["base_width"] == SMOKE["base_width"]["wrn-28-10"]
-    assert base.model_kwargs["num_heads"] == SMOKE["attention"]["num_heads"]
-    assert seen["grid"] == {"kappa": [0.1, 0.2]} and seen["out"] == str(tmp_path)
+    base, smoke = seen["base"], SCALE_SETTINGS["smoke"]["wrn"]
+    assert base.epochs == 7 and base.val_size == 5000  # given explicitly (even at the default value): kept
+    assert base.subset == smoke["subset"] and base.base_width == smoke["base_width"]
+    assert base.num_heads == SMOKE_ATTENTION["num_heads"]
+    assert seen["grid"] == {"kappa": [0.1, 0.2]} and seen["out"] == str(tmp_path) and base.out == str(tmp_path)

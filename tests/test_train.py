@@ -80,7 +80,7 @@ def test_train_writes_the_records(tiny_cifar10, tmp_path, capsys):
     state = torch.load(sorted((out / "checkpoints").iterdir())[-1], weights_only=True)
     model.load_state_dict(state["model"])  # a plain state dict, loadable with weights_only=True
     saved = strict_load(out / "config.json")
-    assert saved["config"]["model_kwargs"] == {"base_width": 4} and saved["info"]["global_batch_size"] == 50
+    assert saved["config"]["arch"]["base_width"] == 4 and saved["info"]["global_batch_size"] == 50
     assert len(list((out / "checkpoints").iterdir())) == 2  # the newest two are kept
 
     # provenance: the code, the software stack, the device and the run's settings, in both records
@@ -213,7 +213,7 @@ def exit_code(argv: list[str]) -> int:
         (["--subset", "100000"], "subset=100000"),
         (["--batch-size", "1000"], "larger than the 400 training images"),
         (["--dataset", "mnist"], "invalid choice"),
-        (["--recipe", "adamw"], "unknown recipe"),
+        (["--recipe", "adamw"], "invalid choice: 'adamw'"),
         (["--kappa", "1.5"], "--kappa: must be a fraction in (0, 1]"),
         (["--compile-mode", "reduce-overhead"], "add --compile"),
     ],
@@ -285,7 +285,7 @@ def test_resume_without_a_checkpoint_still_compares_the_config(tiny_cifar10, tmp
     assert main(tiny_args(tiny_cifar10, out, "--resume", "--model", "wrn-10-1", epochs=1)) == 2
     err = capsys.readouterr().err
     assert "different config" in err and "model: 'resnet34' != 'wrn-10-1'" in err
-    assert strict_load(out / "config.json")["config"]["model"] == "resnet34"  # the old run's record is intact
+    assert strict_load(out / "config.json")["config"]["arch"]["name"] == "resnet34"  # the old run's record is intact
 
 
 # ------------------------------------------------------------------------------ comparable with the literature

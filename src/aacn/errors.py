@@ -15,3 +15,16 @@ class UserError(Exception):
     def __init__(self, message: str, *, all_ranks: bool = False) -> None:
         super().__init__(message)
         self.all_ranks = all_ranks
+
+
+class OptionError(UserError, ValueError):
+    """A configuration option with a value no run can use; the message starts with the option's name.
+
+    It is a ``ValueError`` too, so library callers (``create_model``, the config dataclasses) can catch what
+    Python code conventionally raises for a bad argument. ``option`` is the option's flat name (``"kappa"``),
+    which the CLI may map to its flag.
+    """
+
+    def __init__(self, option: str, message: str) -> None:
+        super().__init__(message)
+        self.option = option

@@ -1,7 +1,8 @@
 """CLI verbs of the experiment layer: ``reproduce``, ``report``, ``sweep``, ``attention-maps`` and ``anchor``.
 
-:func:`register` adds them to the ``aacn`` sub-parsers; each sets ``func(args) -> exit code``. Mistakes a user
-can make raise :class:`aacn.errors.UserError`, which the CLI prints as one line with exit code 2.
+:func:`register` adds them to the ``aacn`` sub-parsers; each sets ``func(args) -> exit code``.
+:func:`add_run_arguments` adds the flags that describe one run (``aacn train`` and ``aacn sweep``). Mistakes a
+user can make raise :class:`aacn.errors.UserError`, which the CLI prints as one line with exit code 2.
 """
 
 from __future__ import annotations
@@ -9,14 +10,23 @@ from __future__ import annotations
 import argparse
 import re
 
+from aacn.config import add_arguments, config_from_args, given_options
 from aacn.errors import UserError
+from aacn.experiments.presets import PLACEMENTS, SCALES, TABLES
+from aacn.nn.functional import IMPLS
+from aacn.train.recipes import RECIPES
 
-__all__ = ["register"]
+__all__ = ["register", "add_run_arguments", "compile_default"]
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """Every flag that describes a run (derived from :mod:`aacn.config`), with the recipes' names as choices."""
+    add_arguments(parser, choices={"recipe": RECIPES})
 
 
 def compile_default(flag: bool | None, scale: str, device: str) -> bool:
     """``--compile``/``--no-compile`` when given; otherwise on for the ``fast`` scale on a CUDA device (its
-    epoch times assume it: WRN-28-10 trains 3.8 s per epoch compiled on an H100) and off elsewhere."""
+    schedules are sized for compiled models) and off elsewhere."""
     if flag is not None:
         return flag
     if scale != "fast":
@@ -33,10 +43,10 @@ def _reproduce(args: argparse.Namespace) -> int:
 
     if args.placement is not None and args.table != "table2":
         raise UserError(f"--placement applies to table2 only (table {args.table!r} has a fixed placement); drop it")
-    overrides = {"data_dir": args.data_dir, "device": args.device, "amp": args.amp, "progress": args.progress,
-                 "compile": compile_default(args.compile, args.scale, args.device)}
+    overrides = given_options(args, _REPRODUCE_OPTIONS)
+    overrides["compile"] = compile_default(args.compile, args.scale, overrides.get("device", "auto"))
     result = reproduce(args.table, scale=args.scale, seeds=args.seeds, placement=args.placement or "seed",
-                       attention_impl=args.attention_impl, out=args.out, **overrides)
+                       attention_impl=args.attention_impl, out=args.out, overwrite=args.overwrite, **overrides)
     print()
     print(result.markdown)
     print(f"\nreport: {', '.join(str(p) for p in result.files)}")
@@ -66,19 +76,17 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from aacn.cli import config_from_args
     from aacn.experiments.presets import scale_settings
     from aacn.experiments.sweep import parse_grid, sweep
 
     grid = parse_grid(args.grid)
-    if args.scale is not None:  # fill in the scale's settings for the flags left at their defaults
-        parser: argparse.ArgumentParser = args.sweep_parser
-        run_fields, model_kwargs = scale_settings(args.model, args.scale, attention=args.attention)
-        for name, value in {**run_fields, **model_kwargs}.items():
-            if getattr(args, name, None) == parser.get_default(name):
-                setattr(args, name, value)
-    base = config_from_args(args)  # its out is the sweep's folder; every point gets a subfolder
-    result = sweep(base, grid, args.out)
+    defaults = {}
+    if args.scale is not None:  # the scale's settings for the flags left out
+        given = given_options(args)
+        defaults = scale_settings(given.get("model", "resnet34"), args.scale,
+                                  attention=given.get("attention", "none"), dataset=given.get("dataset", "cifar10"))
+    base = config_from_args(args, defaults).replace(out=args.out)  # every point gets a subfolder of out
+    result = sweep(base, grid, args.out, overwrite=args.overwrite)
     print()
     print(result.markdown)
     print(f"\nsummary: {', '.join(str(p) for p in result.files)}")
@@ -133,34 +141,31 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+_REPRODUCE_OPTIONS = ("data_dir", "device", "amp", "compile_mode", "tta", "eval_batch_size", "progress")
+_OVERWRITE_HELP = "retrain runs whose saved settings differ from the requested ones (default: refuse, naming them)"
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``reproduce``, ``report``, ``sweep``, ``attention-maps`` and ``anchor`` to the ``aacn`` sub-parsers."""
-    from aacn.cli import add_train_arguments
-    from aacn.config import AMP_MODES
-    from aacn.experiments.presets import SCALES, TABLES
-    from aacn.nn.functional import IMPLS
-
     p = subparsers.add_parser(
         "reproduce", help="train and report table1 | table2 | paper-cifar100",
-        description="Train every run of a table one after the other into OUT/<row>-seed<k>/ (finished runs "
-                    "are skipped, unfinished ones resumed), then write OUT/report.md, report.csv and "
-                    "learning_curves.png.")
+        description="Train every run of a table one after the other into OUT/<run>/ (finished runs are kept, "
+                    "unfinished ones resumed; a run shared by two tables trains once), then write the table's "
+                    "report.md, report.csv and learning_curves.png into OUT/<table>[-<placement>]/.")
     p.add_argument("table", choices=TABLES)
     p.add_argument("--scale", choices=SCALES, default="smoke",
                    help="smoke: narrow models, 2-core CPU minutes; fast: one modern GPU; full: the replication's "
                         "epochs (default smoke)")
     p.add_argument("--seeds", type=_positive_int, default=1, help="runs per row, seeds 0..N-1 (default 1)")
-    p.add_argument("--placement", choices=("seed", "paper"),
+    p.add_argument("--placement", choices=PLACEMENTS,
                    help="table2 only: the replication's single attention layer (seed, default) or the paper's")
     p.add_argument("--attention-impl", choices=IMPLS,
                    help="attention implementation of the attention rows (default auto; triton: CUDA only)")
-    p.add_argument("--out", help="folder of the runs and the report (default runs/<table>[-<placement>]-<scale>)")
-    p.add_argument("--data-dir", help="where CIFAR lives or is downloaded (default $AACN_DATA, else a cache)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
-    p.add_argument("--amp", default="auto", choices=AMP_MODES)
+    p.add_argument("--out", help="folder of the runs and the reports (default runs/<scale>)")
+    add_arguments(p, only=_REPRODUCE_OPTIONS)
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile every model (default: on for --scale fast on CUDA, else off)")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    p.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
     p.set_defaults(func=_reproduce)
 
     p = subparsers.add_parser(
@@ -183,16 +188,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser(
         "sweep", help="train a grid of model/training settings and tabulate it",
-        description="Train every combination of --grid values on top of the train flags, each in OUT/<point>/ "
-                    "(finished points are skipped, unfinished ones resumed); write OUT/sweep.md, sweep.csv "
-                    "and accuracy_vs_params.png.")
-    add_train_arguments(p)
+        description="Train every combination of --grid values on top of the run flags, each in OUT/<point>/ "
+                    "(finished points are kept, unfinished ones resumed; every point is checked before any "
+                    "trains); write OUT/sweep.md, sweep.csv and accuracy_vs_params.png.")
+    add_run_arguments(p)
     p.add_argument("--grid", nargs="+", required=True, metavar="KEY=V1,V2",
-                   help="e.g. num_heads=1,4,8 kappa=0.1,0.2 upsilon=0.1,0.2 (model options or run fields)")
+                   help="e.g. num_heads=1,4,8 kappa=0.1,0.2 upsilon=0.1,0.2 (any option with a flag above, "
+                        "written with underscores or dashes)")
     p.add_argument("--scale", choices=SCALES,
-                   help="fill in this scale's epochs/subset/width/recipe for the flags you leave unset")
+                   help="this scale's settings (epochs, subset, width, recipe, ...) for the flags you leave out")
     p.add_argument("--out", default="runs/sweep", help="folder of the points and the summary (default runs/sweep)")
-    p.set_defaults(func=_sweep, sweep_parser=p)
+    p.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
+    p.set_defaults(func=_sweep)
 
     p = subparsers.add_parser(
         "attention-maps", help="draw a trained AA layer's attention weights over a test image",

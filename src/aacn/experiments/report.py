@@ -41,8 +41,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aacn.config import RESUME_MUTABLE
+from aacn.config import OPTIONS, RESUME_MUTABLE, RunConfig
 from aacn.errors import UserError
+from aacn.experiments.labels import run_label
 from aacn.files import atomic_write, check_output_dir
 from aacn.train.records import RunDir
 from aacn.train.summary import summarize_partial
@@ -244,36 +245,9 @@ def load_runs(paths: Sequence[str | os.PathLike], *, partial: bool = False) -> l
 
 
 # ------------------------------------------------------------------------------------------------ labels
-def _model_name(model: str) -> str:
-    parts = model.lower().split("-")
-    if parts[0] == "wrn":
-        return "WRN-" + "-".join(parts[1:])
-    if model.lower().startswith("resnet"):
-        return "ResNet-" + model[len("resnet"):]
-    return model
-
-
-def run_label(config: dict[str, Any]) -> str:
-    """Row name of a run in the replication's style, e.g. ``AA-WRN-28-10``, ``AA-NRE-WRN-28-10`` (attention
-    without relative position embeddings), ``ResNet-34 (no aug)``. Options are read through :func:`flat_config`."""
-    flat = flat_config(config)
-    label = _model_name(str(flat.get("model", "?")))
-    attention = flat.get("attention", "none")
-    if attention not in (None, "none", "", []):
-        label = ("AA-" if flat.get("relative", True) else "AA-NRE-") + label
-    if not flat.get("augment", True):
-        label += " (no aug)"
-    return label
-
-
 def flat_config(config: dict[str, Any]) -> dict[str, Any]:
-    """Config fields that tell rows apart: ``model_kwargs`` merged in, ignored fields dropped.
-
-    The one place a report reads a run's options from its stored config.
-    """
-    flat = {k: v for k, v in config.items() if k not in GROUP_IGNORED and k != "model_kwargs"}
-    flat.update(config.get("model_kwargs") or {})
-    return flat
+    """Options that tell rows apart (flat names, any saved config format), ignored ones dropped."""
+    return {k: v for k, v in RunConfig.from_dict(config).flat().items() if k not in GROUP_IGNORED}
 
 
 def _key(fields: dict[str, Any]) -> str:
@@ -452,7 +426,7 @@ def settings_line(row: ReportRow) -> str:
         extra = [f"{k} {short_value(v)}" for k, v in f.items() if k not in ("kind", "anchor", "dataset")]
         return "; ".join([f"anchor {f.get('anchor')} on {f.get('dataset')}", *extra,
                           "seeds " + ",".join(map(str, row.seeds))])
-    kwargs = {k: v for k, v in f.items() if k in (row.runs[0].config.get("model_kwargs") or {})}
+    kwargs = {k: v for k, v in f.items() if OPTIONS[k].group == "arch" and k != "model" and v != OPTIONS[k].default}
     parts = [f"{f.get('model')} on {f.get('dataset')}", f"{f.get('epochs')} epochs", f"recipe {f.get('recipe')}",
              f"batch {f.get('batch_size')}", "augmented" if f.get("augment") else "no augmentation"]
     if f.get("subset"):

@@ -1,40 +1,66 @@
 """``aacn reproduce``: train every run of a preset, one after the other, then report them.
 
-Each run lives in ``OUT/<row-slug>-seed<k>/``. A run that has finished is skipped; one that has started but not
-finished is resumed from its last checkpoint. So a reproduction that was interrupted (Ctrl-C, a killed job, a
-crash) continues where it stopped when the same command is given again.
+Runs live in ``OUT/<run>/`` (:func:`aacn.experiments.presets.run_folder`), one folder per distinct experiment of
+a scale, so a run that two tables share (Table 1's augmented rows are Table 2's plain rows) trains once. Each
+table's report goes to ``OUT/<table>/``. A finished run is kept and one that has started is resumed from its
+last checkpoint, so a reproduction that was interrupted (Ctrl-C, a killed job, a crash) continues where it
+stopped when the same command is given again. A run folder whose saved settings differ from the requested
+ones (other than :data:`aacn.config.RESULT_NEUTRAL` options) is refused, naming the differences, unless
+``overwrite`` retrains it.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from pathlib import Path
 from typing import Any
 
 from aacn.config import RunConfig
-from aacn.experiments.presets import preset, run_slug
+from aacn.errors import UserError
+from aacn.experiments.presets import preset, report_folder, run_folder
 from aacn.experiments.report import ReportResult, report
 from aacn.train.records import RunDir
 
-__all__ = ["default_out", "train_or_resume", "reproduce"]
+__all__ = ["default_out", "check_reuse", "train_or_resume", "train_all", "reproduce", "RERUN_HINT"]
+
+RERUN_HINT = "run the same command again to continue (finished runs are kept, the interrupted one resumes)"
 
 
-def default_out(table: str, scale: str, placement: str = "seed") -> Path:
-    """``runs/<table>[-<placement>]-<scale>``; the placement only names Table 2 folders."""
-    name = f"{table}-{placement}-{scale}" if table == "table2" else f"{table}-{scale}"
-    return Path("runs") / name
+def default_out(scale: str) -> Path:
+    """``runs/<scale>``: the runs of every table at one scale, and the tables' reports."""
+    return Path("runs") / scale
 
 
-def train_or_resume(config: RunConfig, *, log: Any = print) -> str:
-    """Bring the run in ``config.out`` to its end: skip it if finished, resume it if started, else train it.
+def check_reuse(config: RunConfig) -> RunDir:
+    """The run directory of ``config``; raises :class:`UserError` if it holds a run with other settings.
 
-    Returns ``"skipped"``, ``"resumed"`` or ``"trained"``. ``aacn.train.run`` is looked up at call time.
+    Options that cannot change a result (:data:`aacn.config.RESULT_NEUTRAL`) are not compared.
+    """
+    run_dir = RunDir(config.out)
+    if run_dir.config_path.is_file():
+        saved = RunConfig.load(run_dir.config_path)
+        diffs = saved.differences(config)
+        if diffs:
+            state = "finished" if run_dir.is_finished() else "unfinished"
+            raise UserError(f"{config.out} holds a {state} run with other settings ({'; '.join(diffs)}); "
+                            "pass --overwrite to retrain it, or choose another --out")
+    return run_dir
+
+
+def train_or_resume(config: RunConfig, *, overwrite: bool = False, log: Any = print) -> str:
+    """Bring the run in ``config.out`` to its end: keep it if finished, resume it if started, else train it.
+
+    A run directory with other settings is refused (:func:`check_reuse`) unless ``overwrite``, which trains
+    afresh. Returns ``"skipped"``, ``"resumed"`` or ``"trained"``. ``aacn.train.run`` is looked up at call time.
     """
     from aacn import train
 
-    run_dir = RunDir(config.out)
+    if overwrite:
+        log(f"[train] {config.out} (overwrite)")
+        train.run(config, overwrite=True)
+        return "trained"
+    run_dir = check_reuse(config)
     if run_dir.is_finished():
         log(f"[skip] {config.out} has finished")
         return "skipped"
@@ -47,6 +73,26 @@ def train_or_resume(config: RunConfig, *, log: Any = print) -> str:
     return "trained"
 
 
+def train_all(configs: list[RunConfig], *, overwrite: bool = False, log: Any = print,
+              heading: Any = None) -> None:
+    """:func:`train_or_resume` each config in turn; on Ctrl-C say how to continue, then re-raise.
+
+    Every run directory is checked before the first trains, so a mismatch stops the command before any work.
+    ``heading(i, config)`` gives the line logged before run ``i`` (1-based).
+    """
+    if not overwrite:
+        for config in configs:
+            check_reuse(config)
+    try:
+        for i, config in enumerate(configs, 1):
+            if heading is not None:
+                log(heading(i, config))
+            train_or_resume(config, overwrite=overwrite, log=log)
+    except KeyboardInterrupt:
+        log(f"interrupted: {RERUN_HINT}")
+        raise
+
+
 def reproduce(
     table: str,
     *,
@@ -55,10 +101,11 @@ def reproduce(
     placement: str = "seed",
     attention_impl: str | None = None,
     out: str | os.PathLike | None = None,
+    overwrite: bool = False,
     log: Any = print,
     **overrides: Any,
 ) -> ReportResult:
-    """Train (or skip / resume) every run of ``preset(table, scale, ...)`` under ``out``, then report them.
+    """Train (or keep / resume) every run of ``preset(table, scale, ...)`` under ``out``, then report them.
 
     Args:
         table: ``"table1"``, ``"table2"`` or ``"paper-cifar100"``.
@@ -66,25 +113,24 @@ def reproduce(
         seeds: runs per row (seeds ``0..seeds-1``).
         placement: Table 2's attention placement, ``"seed"`` or ``"paper"``.
         attention_impl: how the attention rows compute attention (default: each model's ``"auto"``).
-        out: folder of the runs and the report; default :func:`default_out`.
+        out: folder of the runs and the reports; default :func:`default_out`.
+        overwrite: retrain runs whose folders hold other settings instead of refusing them.
         log: where progress lines go.
-        **overrides: other :class:`RunConfig` fields for every run (``data_dir``, ``device``, ``amp``, ...).
+        **overrides: other options for every run (``data_dir``, ``device``, ``amp``, ...).
 
     Returns:
-        The report (also written to ``out/report.md``, ``report.csv``, ``learning_curves.png``).
+        The report (also written to ``out/<table>/report.md``, ``report.csv``, ``learning_curves.png``).
     """
-    out_dir = Path(out) if out is not None else default_out(table, scale, placement)
+    out_dir = Path(out) if out is not None else default_out(scale)
     runs = preset(table, scale, seeds=seeds, placement=placement, attention_impl=attention_impl, **overrides)
-    run_dirs = []
+    configs = [config.replace(out=str(out_dir / run_folder(label, config))) for label, config in runs]
+    labels = {config.out: label for (label, _), config in zip(runs, configs, strict=True)}
     start = time.perf_counter()
-    for i, (label, config) in enumerate(runs, 1):
-        run_dir = out_dir / run_slug(label, config.seed)
-        config = dataclasses.replace(config, out=str(run_dir))
-        log(f"== {table} ({scale}) run {i}/{len(runs)}: {label}, seed {config.seed}")
-        train_or_resume(config, log=log)
-        run_dirs.append(run_dir)
+    train_all(configs, overwrite=overwrite, log=log, heading=lambda i, c: (
+        f"== {table} ({scale}) run {i}/{len(configs)}: {labels[c.out]}, seed {c.seed}"))
     elapsed = time.perf_counter() - start
     title = f"{table} ({scale} scale" + (f", {placement} placement)" if table == "table2" else ")")
-    result = report(run_dirs, out_dir, extended=table != "table1", title=title)
-    log(f"{len(runs)} runs done in {elapsed / 60:.1f} min (this invocation)")
+    result = report([c.out for c in configs], out_dir / report_folder(table, placement),
+                    extended=table != "table1", title=title)
+    log(f"{len(configs)} runs done in {elapsed / 60:.1f} min (this invocation)")
     return result

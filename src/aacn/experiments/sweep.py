@@ -1,12 +1,13 @@
 """``aacn sweep``: train a grid of variations of one run and tabulate them.
 
-A grid is given as ``key=v1,v2,...`` items; the keys are model keyword arguments (``num_heads``, ``kappa``,
-``upsilon``, ``min_key_depth_per_head``, ``relative``, ``attention``, ``base_width``, ...) or training fields
-(``epochs``, ``lr``, ``recipe``, ``seed``, ...); dashes may stand for underscores. Every combination (the
-Cartesian product, in the order given) is one point, trained in ``OUT/<key>-<value>_<key>-<value>/``. Points that
-have finished are skipped and started ones resumed, so an interrupted sweep continues where it stopped. Every
-point is validated (config and model construction on the ``meta`` device) before the first one trains, so a bad
-value fails at once.
+A grid is given as ``key=v1,v2,...`` items; the keys are run options (:data:`aacn.config.SWEEP_KEYS`: model
+options such as ``num_heads``, ``kappa``, ``upsilon``, ``attention``, ``base_width``, and training options such
+as ``epochs``, ``lr``, ``recipe``, ``seed``); dashes may stand for underscores. Every combination (the Cartesian
+product, in the order given) is one point, trained in ``OUT/<key>-<value>_<key>-<value>/``. Points that have
+finished are kept and started ones resumed, so an interrupted sweep continues where it stopped when the same
+command is given again; a point folder holding other settings is refused unless ``overwrite``. Every point is
+validated (its config, its recipe, its model built on the ``meta`` device, and its subset and batch against the
+data) before the first one trains, so a bad value fails at once, naming the point.
 
 Outputs in ``OUT``: ``sweep.md`` and ``sweep.csv`` (one row per point; several seeds of a point, via
 ``seed=0,1,2``, become mean ± std) and ``accuracy_vs_params.png`` (test accuracy against parameter count).
@@ -14,7 +15,6 @@ Outputs in ``OUT``: ``sweep.md`` and ``sweep.csv`` (one row per point; several s
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import os
 import re
@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from aacn.config import RunConfig
+from aacn.config import OPTIONS, SWEEP_KEYS, RunConfig, parse_value
 from aacn.errors import UserError
 from aacn.experiments.report import (
     BASIC_COLUMNS,
@@ -35,52 +35,18 @@ from aacn.experiments.report import (
     rows_csv,
     short_value,
 )
-from aacn.experiments.reproduce import train_or_resume
+from aacn.experiments.reproduce import train_all
+from aacn.train.records import RunDir
 
-__all__ = ["MODEL_KEYS", "RUN_KEYS", "parse_grid", "grid_points", "check_points", "summarize", "sweep"]
-
-# Model keyword arguments a grid may vary, with their value types.
-MODEL_KEYS: dict[str, type] = {
-    "attention": str,
-    "relative": bool,
-    "num_heads": int,
-    "kappa": float,
-    "upsilon": float,
-    "min_key_depth_per_head": int,
-    "attention_impl": str,
-    "base_width": int,
-    "dropout": float,
-    "stem": str,
-}
-# RunConfig fields a grid may vary (the others name places or devices, not experiments).
-RUN_KEYS: dict[str, type] = {
-    "model": str, "dataset": str, "epochs": int, "batch_size": int, "recipe": str, "lr": float,
-    "weight_decay": float, "label_smoothing": float, "augment": bool, "normalize": str, "subset": int,
-    "val_size": int, "split_seed": int, "seed": int,
-}
-_OPTIONAL = {"lr", "weight_decay", "label_smoothing", "subset"}  # "none" means the recipe's default / no subset
-_TRUE, _FALSE = {"true", "yes", "1", "on"}, {"false", "no", "0", "off"}
-
-
-def _parse_value(key: str, kind: type, text: str) -> Any:
-    text = text.strip()
-    if key in _OPTIONAL and text.lower() == "none":
-        return None
-    try:
-        if kind is bool:
-            if text.lower() in _TRUE | _FALSE:
-                return text.lower() in _TRUE
-            raise ValueError
-        return kind(text)
-    except ValueError:
-        raise UserError(f"--grid {key}: {text!r} is not a valid {kind.__name__} value") from None
+__all__ = ["parse_grid", "grid_points", "check_points", "summarize", "sweep"]
 
 
 def parse_grid(items: Sequence[str]) -> dict[str, list[Any]]:
     """``["num_heads=1,4", "kappa=0.1"]`` -> ``{"num_heads": [1, 4], "kappa": [0.1]}`` (typed, order kept).
 
     Raises :class:`UserError` naming a malformed item, an unknown key (listing the valid ones), a value of the
-    wrong type, a repeated key or a repeated value.
+    wrong type, a repeated key or a repeated value. A custom placement is written with ``+`` between names
+    (``attention=seed,layer3.0+layer4.0``), as commas separate values.
     """
     if not items:
         raise UserError("--grid needs at least one KEY=V1,V2 item, e.g. --grid num_heads=1,4,8 kappa=0.1,0.2")
@@ -90,13 +56,17 @@ def parse_grid(items: Sequence[str]) -> dict[str, list[Any]]:
         key = key.strip().replace("-", "_")
         if not sep or not key or not values.strip():
             raise UserError(f"--grid item {item!r} is not KEY=V1,V2,...; e.g. num_heads=1,4,8")
-        kind = MODEL_KEYS.get(key) or RUN_KEYS.get(key)
-        if kind is None:
-            raise UserError(f"--grid key {key!r} is not sweepable; choose from model options "
-                            f"{', '.join(MODEL_KEYS)} or run fields {', '.join(RUN_KEYS)}")
+        if key not in SWEEP_KEYS:
+            raise UserError(f"--grid key {key!r} is not sweepable; choose from {', '.join(SWEEP_KEYS)}")
         if key in grid:
             raise UserError(f"--grid key {key!r} is given twice; list all its values in one item")
-        parsed = [_parse_value(key, kind, v) for v in values.split(",")]
+        parsed = []
+        for text in values.split(","):
+            try:
+                parsed.append(parse_value(key, text.replace("+", ",") if key == "attention" else text))
+            except ValueError as exc:
+                raise UserError(f"--grid {key}: {text.strip()!r} is not a valid {OPTIONS[key].kind.__name__} "
+                                f"value ({exc})") from None
         if len(set(map(repr, parsed))) != len(parsed):
             raise UserError(f"--grid {key}: values {values!r} repeat; list each value once")
         grid[key] = parsed
@@ -109,35 +79,58 @@ def _slug(point: dict[str, Any]) -> str:
 
 
 def grid_points(base: RunConfig, grid: dict[str, list[Any]], out: str | os.PathLike) -> list[RunConfig]:
-    """One config per combination of ``grid`` values applied to ``base``, each with ``out`` = ``OUT/<slug>``."""
+    """One config per combination of ``grid`` values applied to ``base``, each with ``out`` = ``OUT/<slug>``.
+
+    Raises :class:`UserError` naming the first point whose values no run can use.
+    """
     points = []
     for values in itertools.product(*grid.values()):
         point = dict(zip(grid, values, strict=True))
-        run_fields = {k: v for k, v in point.items() if k in RUN_KEYS}
-        model_kwargs = {**base.model_kwargs, **{k: v for k, v in point.items() if k in MODEL_KEYS}}
-        points.append(dataclasses.replace(base, **run_fields, model_kwargs=model_kwargs,
-                                          out=str(Path(out) / _slug(point))))
+        name = _slug(point)
+        try:
+            points.append(base.replace(**point, out=str(Path(out) / name)))
+        except UserError as exc:
+            raise UserError(f"sweep point {name}: {exc}") from None
     return points
 
 
 def check_points(points: Sequence[RunConfig]) -> None:
-    """Validate every point's config and build its model on the ``meta`` device (no memory, no compute).
+    """Check every point before any trains: its recipe, its model (built on the ``meta`` device: no memory, no
+    compute), and its subset and batch size against the training split (loaded once per distinct split).
 
     Raises :class:`UserError` naming the first bad point and what is wrong with it.
     """
     import torch
 
-    from aacn.data import NUM_CLASSES
+    from aacn.data import load_cifar
     from aacn.models import create_model
+    from aacn.train.recipes import RECIPES
 
+    train_sizes: dict[tuple, int] = {}
     for cfg in points:
         name = Path(cfg.out).name
         try:
-            cfg.validate()
+            if cfg.recipe not in RECIPES:
+                raise UserError(f"recipe must be one of {', '.join(RECIPES)}, got {cfg.recipe!r}")
             with torch.device("meta"):
-                create_model(cfg.model, NUM_CLASSES[cfg.dataset], **cfg.model_kwargs)
+                create_model(cfg.arch)
         except (UserError, ValueError) as exc:
             raise UserError(f"sweep point {name}: {exc}") from None
+        if RunDir(cfg.out).is_finished():
+            continue  # its data were checked when it trained
+        split = (cfg.dataset, cfg.data_dir, cfg.val_size, cfg.split_seed)
+        if split not in train_sizes:  # data problems are no point's own: they keep their own message
+            data = load_cifar(cfg.dataset, cfg.data_dir, val_size=cfg.val_size, split_seed=cfg.split_seed,
+                              progress=cfg.progress)
+            train_sizes[split] = len(data.train)
+            del data
+        images = train_sizes[split]
+        if cfg.subset is not None and cfg.subset > images:
+            raise UserError(f"sweep point {name}: subset={cfg.subset} is larger than the {images} training "
+                            f"images of {cfg.dataset} (val_size={cfg.val_size})")
+        if cfg.batch_size > min(images, cfg.subset or images):
+            raise UserError(f"sweep point {name}: batch_size={cfg.batch_size} is larger than the "
+                            f"{min(images, cfg.subset or images)} training images")
 
 
 def summarize(run_dirs: Sequence[str | os.PathLike], keys: Sequence[str], out: str | os.PathLike,
@@ -163,12 +156,14 @@ def summarize(run_dirs: Sequence[str | os.PathLike], keys: Sequence[str], out: s
     return ReportResult(table, rows, [md, csv_path, png])
 
 
-def sweep(base: RunConfig, grid: dict[str, list[Any]], out: str | os.PathLike, *, log: Any = print
-          ) -> ReportResult:
-    """Train (or skip / resume) every grid point under ``out``, then write the summary there."""
+def sweep(base: RunConfig, grid: dict[str, list[Any]], out: str | os.PathLike, *, overwrite: bool = False,
+          log: Any = print) -> ReportResult:
+    """Check every grid point, train (or keep / resume) each under ``out``, then write the summary there.
+
+    ``overwrite`` retrains points whose folders hold other settings instead of refusing them.
+    """
     points = grid_points(base, grid, out)
     check_points(points)
-    for i, cfg in enumerate(points, 1):
-        log(f"== sweep point {i}/{len(points)}: {Path(cfg.out).name}")
-        train_or_resume(cfg, log=log)
+    train_all(points, overwrite=overwrite, log=log,
+              heading=lambda i, cfg: f"== sweep point {i}/{len(points)}: {Path(cfg.out).name}")
     return summarize([cfg.out for cfg in points], list(grid), out)

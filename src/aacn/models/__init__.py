@@ -5,7 +5,7 @@ goes and how deep it is: :mod:`aacn.models.placement`.
 """
 
 from aacn.models.placement import PLACEMENTS, ConvSlot, apply_attention, attention_depths, resolve_placement
-from aacn.models.registry import create_model, list_models, register_model
+from aacn.models.registry import create_model, list_models, model_config, model_family, register_model
 from aacn.models.resnet import BasicBlock, ResNet, resnet34
 from aacn.models.wide_resnet import WideBasicBlock, WideResNet, wide_resnet
 
@@ -13,6 +13,8 @@ __all__ = [
     "create_model",
     "list_models",
     "register_model",
+    "model_config",
+    "model_family",
     "PLACEMENTS",
     "ConvSlot",
     "apply_attention",

@@ -38,14 +38,15 @@ attention runs on: the conv's input grid, halved (rounded up) for stride 2.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
+from aacn.config import PLACEMENTS, AttentionConfig
 from aacn.nn import AAConv2d
-from aacn.nn.functional import IMPLS
+from aacn.nn.aaconv import resolve_depth
 
 __all__ = [
     "ConvSlot",
@@ -53,12 +54,9 @@ __all__ = [
     "conv_output_size",
     "block_slots",
     "attention_depths",
-    "validate_attention_options",
     "resolve_placement",
     "apply_attention",
 ]
-
-PLACEMENTS = ("none", "seed", "paper")
 
 
 @dataclass(frozen=True)
@@ -134,44 +132,7 @@ def attention_depths(
         )
     dk = max(_round_half_up(kappa * out_channels), min_key_depth_per_head * num_heads)
     dk = -(-dk // num_heads) * num_heads
-    dv = _round_half_up(upsilon * out_channels / num_heads) * num_heads
-    dv = min(max(dv, num_heads), (out_channels // num_heads) * num_heads)
-    return dk, dv
-
-
-def _is_int(x: object) -> bool:
-    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
-
-
-def _is_real(x: object) -> bool:
-    return isinstance(x, numbers.Real) and not isinstance(x, bool)
-
-
-def validate_attention_options(
-    *,
-    relative: object,
-    num_heads: object,
-    kappa: object,
-    upsilon: object,
-    min_key_depth_per_head: object,
-    attention_impl: object = "auto",
-) -> None:
-    """Raise ``ValueError`` (one line, naming the argument) for an out-of-range attention option."""
-    if attention_impl not in IMPLS:
-        raise ValueError(f"attention_impl must be one of {list(IMPLS)}, got {attention_impl!r}")
-    if not isinstance(relative, bool):
-        raise ValueError(f"relative must be True or False, got {relative!r}")
-    if not _is_int(num_heads) or num_heads < 1:
-        raise ValueError(f"num_heads must be a positive integer (e.g. 8), got {num_heads!r}")
-    for arg, value in (("kappa", kappa), ("upsilon", upsilon)):
-        if not _is_real(value) or not 0 < value <= 1:
-            raise ValueError(
-                f"{arg} must be a number in (0, 1] (e.g. 0.2; 1 = fully attentional), got {value!r}"
-            )
-    if not _is_int(min_key_depth_per_head) or min_key_depth_per_head < 1:
-        raise ValueError(
-            f"min_key_depth_per_head must be a positive integer (e.g. 20), got {min_key_depth_per_head!r}"
-        )
+    return dk, resolve_depth(float(upsilon), "dv", out_channels, num_heads)
 
 
 def _preset_slots(family: str, slots: Sequence[ConvSlot], placement: str) -> list[ConvSlot]:
@@ -228,80 +189,41 @@ def resolve_placement(
     return sorted(chosen, key=list(slots).index)
 
 
-def apply_attention(
-    model: nn.Module,
-    attention: str | Sequence[str] = "none",
-    *,
-    relative: bool = True,
-    num_heads: int = 8,
-    kappa: float = 0.2,
-    upsilon: float = 0.1,
-    min_key_depth_per_head: int = 20,
-    attention_impl: str = "auto",
-) -> nn.Module:
+def apply_attention(model: nn.Module, attention: AttentionConfig | str | Sequence[str] = "none",
+                    **options: Any) -> nn.Module:
     """Replace the placement's conv slots of ``model`` in place by ``AAConv2d`` and describe them.
 
-    ``model`` must expose ``arch_family`` and ``conv_slots`` (as :class:`~aacn.models.resnet.ResNet` and
-    :class:`~aacn.models.wide_resnet.WideResNet` do). Sets ``model.attention_layers`` to one dict per
-    augmented conv: ``name``, ``in_channels``, ``out_channels``, ``stride``, ``resolution`` (``[H, W]``, the
-    grid the attention runs on: the conv's input grid, halved and rounded up for stride 2), ``dk``, ``dv``,
-    ``num_heads``, ``relative``. Validates everything before changing the model. Returns ``model``.
+    ``attention`` is an :class:`~aacn.config.AttentionConfig`, or its placement with the other options given by
+    name (``relative``, ``num_heads``, ``kappa``, ``upsilon``, ``min_key_depth_per_head``, ``attention_impl``;
+    their defaults are :class:`~aacn.config.AttentionConfig`'s). ``model`` must expose ``arch_family`` and
+    ``conv_slots`` (as :class:`~aacn.models.resnet.ResNet` and :class:`~aacn.models.wide_resnet.WideResNet` do).
+    Sets ``model.attention_layers`` to one dict per augmented conv: ``name``, ``in_channels``, ``out_channels``,
+    ``stride``, ``resolution`` (``[H, W]``, the grid the attention runs on), ``dk``, ``dv``, ``num_heads``,
+    ``relative``. Validates everything before changing the model. Returns ``model``.
     """
-    validate_attention_options(
-        relative=relative,
-        num_heads=num_heads,
-        kappa=kappa,
-        upsilon=upsilon,
-        min_key_depth_per_head=min_key_depth_per_head,
-        attention_impl=attention_impl,
-    )
-    chosen = resolve_placement(model.arch_family, model.conv_slots, attention)
+    config = attention if isinstance(attention, AttentionConfig) else AttentionConfig.from_kwargs(
+        attention=attention, **options)
+    chosen = resolve_placement(model.arch_family, model.conv_slots, config.placement)
     plans = []
     for slot in chosen:  # check every layer before touching the model
-        dk, dv = attention_depths(
-            slot.out_channels,
-            kappa=kappa,
-            upsilon=upsilon,
-            num_heads=num_heads,
-            min_key_depth_per_head=min_key_depth_per_head,
-            name=slot.name,
-        )
+        dk, dv = attention_depths(slot.out_channels, kappa=config.kappa, upsilon=config.upsilon,
+                                  num_heads=config.num_heads, min_key_depth_per_head=config.min_key_depth_per_head,
+                                  name=slot.name)
         plans.append((slot, dk, dv))
 
     layers: list[dict] = []
     for slot, dk, dv in plans:
         old = model.get_submodule(slot.name)
-        new = AAConv2d(
-            slot.in_channels,
-            slot.out_channels,
-            3,
-            dk=dk,
-            dv=dv,
-            num_heads=num_heads,
-            stride=slot.stride,
-            relative=relative,
-            padding=1,
-            bias=False,
-            batchnorm=False,
-            feature_size=slot.resolution,
-            attention_impl=attention_impl,
-        ).to(device=old.weight.device, dtype=old.weight.dtype)
+        new = AAConv2d(slot.in_channels, slot.out_channels, 3, dk=dk, dv=dv, num_heads=config.num_heads,
+                       stride=slot.stride, relative=config.relative, padding=1, bias=False, batchnorm=False,
+                       feature_size=slot.resolution, attention_impl=config.impl,
+                       ).to(device=old.weight.device, dtype=old.weight.dtype)
         if new.conv is not None:  # the convolutional part is initialised like the conv it replaces
             nn.init.kaiming_normal_(new.conv.weight, mode="fan_out", nonlinearity="relu")
         parent_name, _, attr = slot.name.rpartition(".")
         setattr(model.get_submodule(parent_name), attr, new)
-        layers.append(
-            {
-                "name": slot.name,
-                "in_channels": slot.in_channels,
-                "out_channels": slot.out_channels,
-                "stride": slot.stride,
-                "resolution": [conv_output_size(side, slot.stride) for side in slot.resolution],
-                "dk": dk,
-                "dv": dv,
-                "num_heads": num_heads,
-                "relative": relative,
-            }
-        )
+        layers.append({"name": slot.name, "in_channels": slot.in_channels, "out_channels": slot.out_channels,
+                       "stride": slot.stride, "resolution": list(new._grid(*slot.resolution)), "dk": dk, "dv": dv,
+                       "num_heads": config.num_heads, "relative": config.relative})
     model.attention_layers = layers
     return model

@@ -1,9 +1,10 @@
-"""Model registry: ``create_model(name, num_classes, **kwargs)`` in the style of timm.
+"""Model registry: ``create_model(ModelConfig)``, or timm-style ``create_model(name, num_classes, **kwargs)``.
 
 Names: ``"resnet34"`` and the family ``"wrn-D-K"`` (any depth ``D`` with ``(D - 4) % 6 == 0`` and widen factor
 ``K >= 1``, e.g. ``"wrn-28-10"``, ``"wrn-16-4"``, ``"wrn-40-4"``).
 
-Keyword arguments accepted by every model:
+The options, their defaults and their checks are those of :class:`aacn.config.ModelConfig` (keyword arguments
+use the same names as the CLI: ``attention`` for the placement, ``attention_impl`` for the implementation):
 
 - ``base_width``: ResNet stage widths ``base_width * (1, 2, 4, 8)`` (default 64); WRN stem width
   ``base_width`` and group widths ``base_width * K * (1, 2, 4)`` (default 16). ``None`` means the default.
@@ -18,41 +19,43 @@ ResNet only: ``stem`` (``"cifar"`` | ``"imagenet"``). WRN only: ``dropout`` (pro
 
 from __future__ import annotations
 
-import numbers
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
-from aacn.models.placement import apply_attention, validate_attention_options
-from aacn.models.resnet import resnet34
-from aacn.models.wide_resnet import wide_resnet
+from aacn.config import ATTENTION_KWARGS, AttentionConfig, ModelConfig
+from aacn.models.placement import apply_attention
+from aacn.models.resnet import ResNet, resnet34
+from aacn.models.wide_resnet import WideResNet, wide_resnet
 
-__all__ = ["create_model", "list_models", "register_model"]
+__all__ = ["create_model", "list_models", "register_model", "model_family"]
 
-_ATTENTION_KWARGS = {
-    "attention": "none",
-    "relative": True,
-    "num_heads": 8,
-    "kappa": 0.2,
-    "upsilon": 0.1,
-    "min_key_depth_per_head": 20,
-    "attention_impl": "auto",
-}
-_COMMON_KWARGS = ("base_width", "input_size", *_ATTENTION_KWARGS)
-
-# display name -> (builder taking (match, num_classes, **arch_kwargs), names of its own extra kwargs)
-_REGISTRY: dict[str, tuple[Callable[..., nn.Module], tuple[str, ...]]] = {}
-_PATTERNS: dict[str, re.Pattern[str]] = {}
+_FAMILY_KWARGS = ("stem", "dropout")  # options only some families take
 
 
-def register_model(display_name: str, pattern: str, extra_kwargs: tuple[str, ...] = ()):
-    """Decorator: register a builder for names fully matching ``pattern`` (listed as ``display_name``)."""
+@dataclass(frozen=True)
+class _Entry:
+    pattern: re.Pattern[str]
+    builder: Callable[..., nn.Module]  # (match, ModelConfig) -> plain network
+    family: str  # the network class's arch_family
+    extra_kwargs: tuple[str, ...]
+
+
+_REGISTRY: dict[str, _Entry] = {}
+
+
+def register_model(display_name: str, pattern: str, family: str, extra_kwargs: tuple[str, ...] = ()):
+    """Decorator: register a builder ``(match, ModelConfig) -> nn.Module`` for names fully matching ``pattern``.
+
+    ``family`` selects the placement rules and the presets' settings; ``extra_kwargs`` are the family options
+    (``stem``, ``dropout``) the builder takes.
+    """
 
     def wrap(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        _REGISTRY[display_name] = (builder, extra_kwargs)
-        _PATTERNS[display_name] = re.compile(pattern)
+        _REGISTRY[display_name] = _Entry(re.compile(pattern), builder, family, extra_kwargs)
         return builder
 
     return wrap
@@ -63,72 +66,77 @@ def list_models() -> list[str]:
     return list(_REGISTRY)
 
 
-def _positive_int(arg: str, value: Any) -> int:
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{arg} must be a positive integer, got {value!r}")
-    return int(value)
+def _lookup(name: str) -> tuple[str, _Entry, re.Match[str]]:
+    if not isinstance(name, str):
+        raise ValueError(f"model name must be a string such as 'resnet34' or 'wrn-28-10', got {name!r}")
+    key = name.strip().lower()
+    for display_name, entry in _REGISTRY.items():
+        match = entry.pattern.fullmatch(key)
+        if match:
+            return display_name, entry, match
+    raise ValueError(f"unknown model {name!r}: choose one of {list_models()} (wrn-D-K e.g. wrn-28-10, wrn-16-4)")
 
 
-@register_model("resnet34", r"resnet34", extra_kwargs=("stem",))
-def _build_resnet34(
-    match: re.Match[str], num_classes: int, base_width: int | None, input_size: int, stem: str = "cifar"
-) -> nn.Module:
-    width = 64 if base_width is None else base_width
-    return resnet34(num_classes=num_classes, base_width=width, stem=stem, input_size=input_size)
+def model_family(name: str) -> str:
+    """The architecture family of a registered name (``"resnet"``, ``"wrn"``), without building the model."""
+    return _lookup(name)[1].family
 
 
-@register_model("wrn-D-K", r"wrn-(\d+)-(\d+)", extra_kwargs=("dropout",))
-def _build_wrn(
-    match: re.Match[str], num_classes: int, base_width: int | None, input_size: int, dropout: float = 0.0
-) -> nn.Module:
+def _given(config: ModelConfig, names: tuple[str, ...]) -> dict[str, Any]:
+    return {n: getattr(config, n) for n in names if getattr(config, n) is not None}
+
+
+@register_model("resnet34", r"resnet34", family=ResNet.arch_family, extra_kwargs=("stem",))
+def _build_resnet34(match: re.Match[str], config: ModelConfig) -> nn.Module:
+    return resnet34(config.num_classes, input_size=config.input_size,
+                    **_given(config, ("base_width", "stem")))
+
+
+@register_model("wrn-D-K", r"wrn-(\d+)-(\d+)", family=WideResNet.arch_family, extra_kwargs=("dropout",))
+def _build_wrn(match: re.Match[str], config: ModelConfig) -> nn.Module:
     depth, widen = int(match.group(1)), int(match.group(2))
     if depth < 10 or (depth - 4) % 6 != 0 or widen < 1:
         raise ValueError(
             f"bad WRN name {match.group(0)!r}: expected wrn-D-K with D = 6*N+4 >= 10 (10, 16, 22, 28, 40, "
             f"...) and K >= 1, e.g. wrn-28-10"
         )
-    if not isinstance(dropout, numbers.Real) or isinstance(dropout, bool) or not 0 <= dropout < 1:
-        raise ValueError(f"dropout must be a probability in [0, 1), got {dropout!r}")
-    width = 16 if base_width is None else base_width
-    return wide_resnet(depth, widen, num_classes, width, dropout=float(dropout), input_size=input_size)
+    return wide_resnet(depth, widen, config.num_classes, input_size=config.input_size,
+                       **_given(config, ("base_width", "dropout")))
 
 
-def create_model(name: str, num_classes: int = 10, **kwargs: Any) -> nn.Module:
+def model_config(name: str, num_classes: int = 10, **kwargs: Any) -> ModelConfig:
+    """The :class:`ModelConfig` of ``create_model``'s keyword form (unknown keywords raise ``ValueError``)."""
+    _lookup(name)
+    allowed = ("base_width", "input_size", *_FAMILY_KWARGS, *ATTENTION_KWARGS)
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown:
+        raise ValueError(f"unknown argument(s) {unknown} for model {name!r}; accepted: {sorted(allowed)}")
+    attention = AttentionConfig.from_kwargs(**{k: kwargs.pop(k) for k in list(kwargs) if k in ATTENTION_KWARGS})
+    return ModelConfig(name=name, num_classes=num_classes, attention=attention, **kwargs)
+
+
+def create_model(config: ModelConfig | str, num_classes: int | None = None, **kwargs: Any) -> nn.Module:
     """Build a registered network, optionally with attention-augmented convolutions.
 
     Args:
-        name: ``"resnet34"`` or ``"wrn-D-K"`` (e.g. ``"wrn-28-10"``); case-insensitive.
-        num_classes: classifier outputs (10 for CIFAR-10, 100 for CIFAR-100).
-        **kwargs: see the module docstring.
+        config: a :class:`~aacn.config.ModelConfig`, or a model name (``"resnet34"``, ``"wrn-D-K"`` such as
+            ``"wrn-28-10"``; case-insensitive) with its options as keyword arguments (see the module docstring).
+        num_classes: classifier outputs with a name (default 10); a ModelConfig holds its own.
 
     Returns:
-        The model, with ``block_names`` (names for a custom ``attention`` list) and ``attention_layers``
-        (one dict per augmented conv; ``[]`` for a plain model).
+        The model, with ``arch_family``, ``block_names`` (names for a custom ``attention`` list) and
+        ``attention_layers`` (one dict per augmented conv; ``[]`` for a plain model).
 
     Raises:
         ValueError: unknown name or keyword argument, or a value out of range (one line saying which).
     """
-    if not isinstance(name, str):
-        raise ValueError(f"model name must be a string such as 'resnet34' or 'wrn-28-10', got {name!r}")
-    key = name.strip().lower()
-    found = [(n, m) for n, p in _PATTERNS.items() if (m := p.fullmatch(key))]
-    if not found:
-        raise ValueError(
-            f"unknown model {name!r}: choose one of {list_models()} (wrn-D-K e.g. wrn-28-10, wrn-16-4)"
-        )
-    display_name, match = found[0]
-    builder, extra = _REGISTRY[display_name]
-    allowed = (*_COMMON_KWARGS, *extra)
-    unknown = sorted(set(kwargs) - set(allowed))
-    if unknown:
-        raise ValueError(f"unknown argument(s) {unknown} for model {name!r}; accepted: {sorted(allowed)}")
-
-    num_classes = _positive_int("num_classes", num_classes)
-    base_width = kwargs.pop("base_width", None)
-    if base_width is not None:
-        base_width = _positive_int("base_width", base_width)
-    input_size = _positive_int("input_size", kwargs.pop("input_size", 32))
-    attn = {k: kwargs.pop(k, default) for k, default in _ATTENTION_KWARGS.items()}
-    validate_attention_options(**{k: v for k, v in attn.items() if k != "attention"})
-    model = builder(match, num_classes, base_width, input_size, **kwargs)
-    return apply_attention(model, **attn)
+    if not isinstance(config, ModelConfig):
+        config = model_config(config, 10 if num_classes is None else num_classes, **kwargs)
+    elif num_classes is not None or kwargs:
+        raise ValueError("create_model(ModelConfig) takes no other arguments; use dataclasses.replace on the config")
+    display_name, entry, match = _lookup(config.name)
+    misplaced = sorted(set(_given(config, _FAMILY_KWARGS)) - set(entry.extra_kwargs))
+    if misplaced:
+        raise ValueError(f"unknown argument(s) {misplaced} for model {config.name!r}; {display_name} takes "
+                         f"{', '.join(entry.extra_kwargs)} of {', '.join(_FAMILY_KWARGS)}")
+    return apply_attention(entry.builder(match, config), config.attention)

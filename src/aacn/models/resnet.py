@@ -15,14 +15,16 @@ stages); ``"imagenet"`` is the 7x7 stride-2 conv + 3x3 stride-2 max-pool of the 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
-from aacn.models.placement import ConvSlot, block_slots, conv_output_size
+from aacn.config import STEMS as RESNET_STEMS
+from aacn.models.placement import ConvSlot, conv_output_size
+from aacn.models.stages import add_stages, init_weights
 
 __all__ = ["BasicBlock", "ResNet", "resnet34", "RESNET_STEMS"]
-
-RESNET_STEMS = ("cifar", "imagenet")
 
 
 class BasicBlock(nn.Module):
@@ -99,24 +101,13 @@ class ResNet(nn.Module):
         self.block_names: list[str] = []
         self.conv_slots: list[ConvSlot] = []
         self.attention_layers: list[dict] = []
-        in_ch = base_width
-        for stage, num_blocks in enumerate(layers, start=1):
-            out_ch = base_width * 2 ** (stage - 1)
-            blocks = []
-            for index in range(num_blocks):
-                stride = 2 if (stage > 1 and index == 0) else 1
-                blocks.append(BasicBlock(in_ch, out_ch, stride))
-                block = f"layer{stage}.{index}"
-                self.block_names.append(block)
-                slots, res = block_slots(block, stage, in_ch, out_ch, stride, res)
-                self.conv_slots.extend(slots)
-                in_ch = out_ch
-            self.add_module(f"layer{stage}", nn.Sequential(*blocks))
+        widths = [base_width * 2**stage for stage in range(len(layers))]
+        in_ch, _ = add_stages(self, "layer", widths, layers, BasicBlock, base_width, res)
         self.num_stages = len(layers)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(in_ch, num_classes)
         self.num_features = in_ch
-        _init_weights(self)
+        init_weights(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Stem and residual stages: ``(B, 3, H, W) -> (B, 8 * base_width, H', W')``."""
@@ -130,18 +121,7 @@ class ResNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-def _init_weights(model: nn.Module) -> None:
-    """Kaiming-normal (fan-out, ReLU gain) convs, BN weight 1 / bias 0, linear layers as PyTorch's default."""
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-
-
-def resnet34(
-    num_classes: int = 10, base_width: int = 64, stem: str = "cifar", input_size: int = 32
-) -> ResNet:
-    """ResNet-34: basic blocks ``[3, 4, 6, 3]``; 21,282,122 parameters (cifar stem, 10 classes)."""
-    return ResNet((3, 4, 6, 3), num_classes, base_width=base_width, stem=stem, input_size=input_size)
+def resnet34(num_classes: int = 10, **kwargs: Any) -> ResNet:
+    """ResNet-34: basic blocks ``[3, 4, 6, 3]``; ``kwargs`` as :class:`ResNet` takes them (``base_width``, ``stem``,
+    ``input_size``). 21,282,122 parameters with the cifar stem and 10 classes."""
+    return ResNet((3, 4, 6, 3), num_classes, **kwargs)

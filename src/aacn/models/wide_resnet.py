@@ -11,11 +11,14 @@ Block names (usable in a custom attention list) are ``"block{group}.{index}"``, 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from aacn.models.placement import ConvSlot, block_slots
+from aacn.models.placement import ConvSlot
+from aacn.models.stages import add_stages, init_weights
 
 __all__ = ["WideBasicBlock", "WideResNet", "wide_resnet"]
 
@@ -94,23 +97,13 @@ class WideResNet(nn.Module):
         self.block_names: list[str] = []
         self.conv_slots: list[ConvSlot] = []
         self.attention_layers: list[dict] = []
-        in_ch, res = base_width, input_size
-        for group in range(1, 4):
-            out_ch = base_width * widen_factor * 2 ** (group - 1)
-            blocks = []
-            for index in range(num_blocks):
-                stride = 2 if (group > 1 and index == 0) else 1
-                blocks.append(WideBasicBlock(in_ch, out_ch, stride, dropout))
-                block = f"block{group}.{index}"
-                self.block_names.append(block)
-                slots, res = block_slots(block, group, in_ch, out_ch, stride, res)
-                self.conv_slots.extend(slots)
-                in_ch = out_ch
-            self.add_module(f"block{group}", nn.Sequential(*blocks))
+        widths = [base_width * widen_factor * 2**group for group in range(3)]
+        in_ch, _ = add_stages(self, "block", widths, [num_blocks] * 3,
+                              lambda i, o, s: WideBasicBlock(i, o, s, dropout), base_width, input_size)
         self.bn = nn.BatchNorm2d(in_ch)
         self.fc = nn.Linear(in_ch, num_classes)
         self.num_features = in_ch
-        _init_weights(self)
+        init_weights(self, zero_linear_bias=True)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Stem, three groups and the final BN-ReLU: ``(B, 3, H, W) -> (B, 4 * K * base_width, H/4, W/4)``."""
@@ -123,25 +116,7 @@ class WideResNet(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
-def _init_weights(model: nn.Module) -> None:
-    """Kaiming-normal (fan-out, ReLU gain) convs, BN weight 1 / bias 0, zero classifier bias."""
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
-            nn.init.zeros_(m.bias)
-
-
-def wide_resnet(
-    depth: int,
-    widen_factor: int,
-    num_classes: int = 10,
-    base_width: int = 16,
-    dropout: float = 0.0,
-    input_size: int = 32,
-) -> WideResNet:
-    """WRN-D-K; WRN-28-10 has 36,479,194 parameters for 10 classes."""
-    return WideResNet(depth, widen_factor, num_classes, base_width, dropout, input_size)
+def wide_resnet(depth: int, widen_factor: int, num_classes: int = 10, **kwargs: Any) -> WideResNet:
+    """WRN-D-K; ``kwargs`` as :class:`WideResNet` takes them (``base_width``, ``dropout``, ``input_size``).
+    WRN-28-10 has 36,479,194 parameters for 10 classes."""
+    return WideResNet(depth, widen_factor, num_classes, **kwargs)

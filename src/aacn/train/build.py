@@ -7,6 +7,7 @@ same way.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +30,7 @@ from aacn.train.sync_bn import convert_sync_batchnorm
 
 def build_model(config: RunConfig, num_classes: int) -> nn.Module:
     """The untrained model ``config`` describes, with ``num_classes`` outputs (on the CPU)."""
-    return create_model(config.model, num_classes=num_classes, **config.model_kwargs)
+    return create_model(dataclasses.replace(config.arch, num_classes=num_classes))
 
 
 def check_settings(config: RunConfig, ctx: distributed.Context) -> torch.dtype | None:
@@ -39,9 +40,10 @@ def check_settings(config: RunConfig, ctx: distributed.Context) -> torch.dtype |
             f"--batch-size {config.batch_size} is the global batch and must be divisible by the world size "
             f"{ctx.world_size}; pick a multiple of {ctx.world_size}", all_ranks=True
         )
+    if config.recipe not in RECIPES:
+        raise UserError(f"unknown --recipe {config.recipe!r}; choose one of {', '.join(RECIPES)}", all_ranks=True)
     amp_dtype = distributed.autocast_dtype(config.amp, ctx.device)
-    kwargs = config.model_kwargs
-    if kwargs.get("attention_impl") == "triton" and kwargs.get("attention") not in (None, "none"):
+    if config.attention_impl == "triton" and config.attention not in (None, "none"):
         reason = triton_unavailable_reason(ctx.device, amp_dtype or torch.float32)
         if reason:
             raise UserError(f"--attention-impl triton {reason}; use --attention-impl auto", all_ranks=True)

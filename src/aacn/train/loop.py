@@ -57,11 +57,6 @@ def run(config: RunConfig, *, resume: bool = False, overwrite: bool = False) -> 
     > 0). ``overwrite``: discard whatever ``config.out`` holds. Without either, a non-empty run directory is
     refused. Raises :class:`UserError` for problems the user can fix, running out of memory included.
     """
-    try:
-        config.validate()
-    except UserError as exc:
-        exc.all_ranks = True
-        raise
     if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
         resume = True  # torchrun --max-restarts restarted the worker group: go on from the last checkpoint
     ctx = distributed.init(config.device)

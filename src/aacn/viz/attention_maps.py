@@ -146,8 +146,8 @@ def compute_attention_maps(
     config = RunConfig.from_dict(stored.get("config", stored))
     layers = stored.get("info", {}).get("attention_layers") or []
     if not layers:
-        raise UserError(f"run {run.path} has no attention layers (model_kwargs attention="
-                        f"{config.model_kwargs.get('attention', 'none')!r}); attention maps need a run trained "
+        raise UserError(f"run {run.path} has no attention layers (attention="
+                        f"{config.attention!r}); attention maps need a run trained "
                         f"with --attention seed|paper|BLOCKS")
     names = [d["name"] for d in layers]
     layer = default_layer(layers) if layer is None else layer

@@ -1,0 +1,216 @@
+"""Typed configs: one declaration per option, and what is derived from it (flags, sweep keys, config.json)."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from aacn.cli import build_parser, main
+from aacn.config import (
+    CONFIG_FORMAT,
+    OPTIONS,
+    RESULT_NEUTRAL,
+    SWEEP_KEYS,
+    AttentionConfig,
+    ModelConfig,
+    RunConfig,
+    config_from_args,
+)
+from aacn.errors import OptionError, UserError
+from aacn.models import create_model
+
+FLAT_NAMES = [
+    "model", "base_width", "stem", "dropout", "attention", "relative", "num_heads", "kappa", "upsilon",
+    "min_key_depth_per_head", "attention_impl", "dataset", "augment", "normalize", "subset", "val_size",
+    "split_seed", "data_dir", "epochs", "batch_size", "recipe", "lr", "weight_decay", "label_smoothing", "device",
+    "amp", "channels_last", "compile", "compile_mode", "sync_bn", "eval_batch_size", "tta", "checkpoint_keep",
+    "progress", "seed", "out",
+]
+SRC = Path(__file__).resolve().parents[1] / "src" / "aacn"
+
+
+def test_one_flat_namespace_over_the_groups():
+    config = RunConfig(model="wrn-16-4", epochs=3, kappa=0.1, attention="paper", dataset="cifar100", device="cpu")
+    assert list(OPTIONS) == FLAT_NAMES and list(config.flat()) == FLAT_NAMES
+    assert (config.model, config.epochs, config.kappa, config.attention, config.device) == (
+        "wrn-16-4", 3, 0.1, "paper", "cpu")
+    assert config.arch.attention.kappa == 0.1 and config.optim.epochs == 3 and config.system.device == "cpu"
+    assert config.arch.num_classes == 100  # the dataset decides
+    assert RunConfig(**config.flat()) == config == RunConfig.from_flat(config.flat())
+    assert config.replace(epochs=5).epochs == 5 and config.epochs == 3
+    assert dataclasses.replace(config, seed=2).seed == 2
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.seed = 1  # type: ignore[misc]
+
+
+def test_defaults_are_the_declared_ones():
+    config = RunConfig()
+    assert config.flat() == {name: opt.default for name, opt in OPTIONS.items()}
+    assert (config.num_heads, config.kappa, config.upsilon, config.min_key_depth_per_head) == (8, 0.2, 0.1, 20)
+    assert AttentionConfig() == config.arch.attention and ModelConfig().attention == AttentionConfig()
+
+
+def test_result_neutral_and_sweep_keys_come_from_the_declarations():
+    assert RESULT_NEUTRAL == {"out", "data_dir", "progress", "device", "compile", "compile_mode", "eval_batch_size",
+                              "checkpoint_keep", "attention_impl"}
+    assert set(SWEEP_KEYS) == {"model", "base_width", "stem", "dropout", "attention", "relative", "num_heads",
+                               "kappa", "upsilon", "min_key_depth_per_head", "attention_impl", "dataset", "augment",
+                               "normalize", "subset", "val_size", "split_seed", "epochs", "batch_size", "recipe",
+                               "lr", "weight_decay", "label_smoothing", "seed"}
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"epochs": 0}, "epochs must be a positive integer, got 0"),
+    ({"epochs": 2.5}, "epochs must be a positive integer"),
+    ({"dataset": "mnist"}, "dataset must be one of ['cifar10', 'cifar100']"),
+    ({"lr": -1.0}, "lr must be a positive number"),
+    ({"lr": float("nan")}, "lr must be a positive number"),
+    ({"amp": "int8"}, "amp must be one of"),
+    ({"device": "gpu"}, "device must be one of auto, cpu, cuda, mps or cuda:N"),
+    ({"kappa": 1.5}, "kappa must be a fraction in (0, 1]"),
+    ({"relative": "yes"}, "relative must be True or False"),
+    ({"label_smoothing": 1.0}, "label_smoothing must be a probability in [0, 1)"),
+    ({"compile_mode": "fastest"}, "compile_mode must be one of ['default', 'reduce-overhead', 'max-autotune']"),
+    ({"tta": 1}, "tta must be True or False"),
+    ({"epochz": 3}, "unknown option(s) ['epochz']"),
+])
+def test_bad_values_are_refused_naming_the_option(options, message):
+    with pytest.raises(OptionError) as info:
+        RunConfig(**options)
+    assert message in str(info.value) and "\n" not in str(info.value)
+    assert isinstance(info.value, UserError) and isinstance(info.value, ValueError)
+
+
+OLD_CONFIG = {  # config.json's "config" as aacn wrote it before the format had a version
+    "model": "wrn-10-1", "dataset": "cifar10", "epochs": 2, "batch_size": 50, "recipe": "paper-sgd", "lr": None,
+    "weight_decay": None, "label_smoothing": None, "augment": True, "normalize": "standard", "subset": 100,
+    "val_size": 50, "split_seed": 0, "seed": 1, "data_dir": "/data", "out": "runs/x", "device": "cpu",
+    "amp": "auto", "channels_last": None, "compile": False, "sync_bn": False, "eval_batch_size": 200,
+    "checkpoint_keep": 2, "progress": False,
+    "model_kwargs": {"base_width": 4, "attention": ["block2.0", "block3.0"], "min_key_depth_per_head": 2},
+}
+
+
+def test_old_flat_config_loads_and_the_new_form_round_trips(tmp_path):
+    old = RunConfig.from_dict(OLD_CONFIG)
+    assert (old.model, old.epochs, old.seed, old.base_width, old.min_key_depth_per_head) == ("wrn-10-1", 2, 1, 4, 2)
+    assert old.attention == ["block2.0", "block3.0"] and old.arch.attention.placement == ("block2.0", "block3.0")
+    assert old.num_heads == 8  # not given then: the default
+    saved = old.to_dict()
+    assert saved["format"] == CONFIG_FORMAT and saved["arch"]["attention"]["min_key_depth_per_head"] == 2
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"config": saved, "info": {}}))
+    assert RunConfig.load(path) == old
+    path.write_text(json.dumps({"config": OLD_CONFIG}))
+    assert RunConfig.load(path) == old
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    ({**RunConfig().to_dict(), "format": CONFIG_FORMAT + 1}, "newer than this aacn reads"),
+    ({**RunConfig().to_dict(), "extra": 1}, "unknown fields ['extra']"),
+    ({**RunConfig().to_dict(), "optim": "fast"}, "config field 'optim' must be an object"),
+    ({**RunConfig().to_dict(), "optim": {"epochs": 0}}, "epochs must be a positive integer"),
+    ([1, 2, 3], "must be a JSON object"),
+])
+def test_bad_saved_configs_get_one_line_naming_the_file(tmp_path, data, message):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"config": data} if isinstance(data, dict) else data))
+    with pytest.raises(UserError) as info:
+        RunConfig.load(path)
+    assert message in str(info.value) and str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_differences_name_fields_and_skip_result_neutral_ones():
+    a = RunConfig(model="wrn-16-4", epochs=3, base_width=4)
+    b = a.replace(base_width=8, out="elsewhere", device="cpu", attention_impl="reference")
+    assert a.differences(b) == ["base_width: 4 != 8"]
+    assert a.differences(a.replace(tta=True)) == ["tta: False != True"]  # a run with TTA records more numbers
+    assert a.differences(b, ignore={"base_width"}) == []
+    assert a.differences(a.replace(attention="seed")) == ["attention: 'none' != 'seed'"]
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    return build_parser().parse_args(["train", *argv])
+
+
+def test_every_flag_of_train_still_works():
+    args = _parse([
+        "--model", "wrn-16-2", "--dataset", "cifar100", "--epochs", "3", "--batch-size", "64", "--recipe", "fast",
+        "--lr", "0.05", "--weight-decay", "0", "--label-smoothing", "0.1", "--no-augment", "--normalize", "seed",
+        "--subset", "1000", "--val-size", "0", "--split-seed", "2", "--seed", "3", "--data-dir", "/d",
+        "--device", "cuda:1", "--amp", "bf16", "--no-channels-last", "--compile", "--compile-mode", "max-autotune",
+        "--sync-bn", "--eval-batch-size", "100", "--tta", "--no-progress", "--base-width", "8", "--dropout", "0.3",
+        "--attention", "block2.0, block3.1", "--no-relative", "--num-heads", "4", "--kappa", "0.25",
+        "--upsilon", "0.5", "--min-key-depth-per-head", "2", "--attention-impl", "chunked", "--out", "o"])
+    config = config_from_args(args)
+    assert config.flat() == {
+        "model": "wrn-16-2", "base_width": 8, "stem": None, "dropout": 0.3, "attention": ["block2.0", "block3.1"],
+        "relative": False, "num_heads": 4, "kappa": 0.25, "upsilon": 0.5, "min_key_depth_per_head": 2,
+        "attention_impl": "chunked", "dataset": "cifar100", "augment": False, "normalize": "seed", "subset": 1000,
+        "val_size": 0, "split_seed": 2, "data_dir": "/d", "epochs": 3, "batch_size": 64, "recipe": "fast",
+        "lr": 0.05, "weight_decay": 0.0, "label_smoothing": 0.1, "device": "cuda:1", "amp": "bf16",
+        "channels_last": False, "compile": True, "compile_mode": "max-autotune", "sync_bn": True,
+        "eval_batch_size": 100, "tta": True, "checkpoint_keep": 2, "progress": False, "seed": 3, "out": "runs/run"}
+    assert config_from_args(_parse(["--stem", "imagenet", "--channels-last"])).flat() == {
+        **RunConfig().flat(), "stem": "imagenet", "channels_last": True}
+    assert config_from_args(_parse([])) == RunConfig()
+
+
+@pytest.mark.parametrize(("argv", "words"), [
+    (["--kappa", "0"], ["--kappa", "(0, 1]"]),
+    (["--epochs", "x"], ["--epochs", "integer"]),
+    (["--recipe", "sgd"], ["--recipe", "paper-sgd"]),
+    (["--compile-mode", "fastest"], ["--compile-mode"]),
+    (["--device", "gpu"], ["--device", "cuda:N"]),
+    (["--lr", "inf"], ["--lr", "positive"]),
+    (["--dropout", "1"], ["--dropout", "[0, 1)"]),
+])
+def test_bad_flags_exit_2_with_one_line(argv, words, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["train", *argv])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and all(w in err[0] for w in words), err
+
+
+def test_model_config_and_keyword_form_build_the_same_network():
+    config = RunConfig(model="wrn-10-1", base_width=4, attention="paper", num_heads=2, min_key_depth_per_head=2,
+                       dataset="cifar100")
+    torch.manual_seed(0)
+    a = create_model(config.arch)
+    torch.manual_seed(0)
+    b = create_model("wrn-10-1", 100, **config.model_kwargs)
+    assert a.attention_layers == b.attention_layers and a.fc.out_features == 100
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+    with pytest.raises(ValueError, match="takes no other arguments"):
+        create_model(config.arch, 10)
+
+
+LOWER = ("nn", "models", "data", "config.py", "options.py", "errors.py")
+HIGHER = ("aacn.train", "aacn.experiments", "aacn.viz", "aacn.cli")
+
+
+def _imports(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):  # module level and inside functions alike
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+        elif isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+    return names
+
+
+def test_layers_point_down_and_commands_do_not_import_the_cli():
+    for part in LOWER:
+        for path in [SRC / part] if part.endswith(".py") else sorted((SRC / part).rglob("*.py")):
+            bad = sorted(m for m in _imports(path) if m.startswith(HIGHER))
+            assert not bad, f"{path.relative_to(SRC)} imports {bad}"
+    for path in sorted((SRC / "experiments").rglob("*.py")):
+        assert not any(m.startswith("aacn.cli") for m in _imports(path)), path
+    assert "aacn.experiments.report" not in _imports(SRC / "experiments" / "presets.py")
