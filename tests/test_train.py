@@ -89,7 +89,7 @@ def test_train_writes_the_records(tiny_cifar10, tmp_path, capsys):
         assert prov["aacn_version"] == aacn.__version__ and prov["torch"] == torch.__version__
         assert prov["device"] == "cpu" and prov["device_count"] == 1 and prov["device_name"]
         assert {"git_commit", "git_dirty", "cuda", "cudnn"} <= set(prov)
-        assert prov["precision"] == "none" and prov["compile"] is False and prov["channels_last"] is False
+        assert prov["precision"] == "float32" and prov["compile"] is False and prov["channels_last"] is False
         assert prov["world_size"] == 1
         assert "data" in record  # the data's label and fingerprint (None where the loader gives none)
 

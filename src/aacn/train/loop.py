@@ -126,7 +126,8 @@ def _build(config: RunConfig, ctx: distributed.Context, data: CifarData, start: 
     channels_last = uses_channels_last(config, ctx.device)
     info = {**facts, **hyper, "world_size": ctx.world_size, "device": str(ctx.device), "amp": precision,
             "channels_last": channels_last, "steps_per_epoch": len(loaders.train), "train_images": len(data.train)}
-    provenance = environment(ctx.device, precision=precision, compile=config.compile,
+    provenance = environment(ctx.device, precision=f"{precision} autocast" if amp_dtype else "float32",
+                             compile=config.compile,
                              compile_mode=config.compile_mode if config.compile else None,
                              channels_last=channels_last, world_size=ctx.world_size) if ctx.is_main else None
     return _Session(config, ctx, data, start, learner, loaders, info, provenance)
