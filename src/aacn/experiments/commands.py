@@ -87,7 +87,7 @@ def _sweep(args: argparse.Namespace) -> int:
         defaults = scale_settings(given.get("model", "resnet34"), args.scale,
                                   attention=given.get("attention", "none"), dataset=given.get("dataset", "cifar10"))
     base = config_from_args(args, defaults).replace(out=args.out)  # every point gets a subfolder of out
-    result = sweep(base, grid, args.out, overwrite=args.overwrite)
+    result = sweep(base, grid, args.out, overwrite=args.overwrite, allow_mixed_data=args.allow_mixed_data)
     print()
     print(result.markdown)
     print(f"\nsummary: {', '.join(str(p) for p in result.files)}")
@@ -206,6 +206,7 @@ def _add_sweep(subparsers: argparse._SubParsersAction) -> None:
                    help="this scale's settings (epochs, subset, width, recipe, ...) for the flags you leave out")
     p.add_argument("--out", default="runs/sweep", help="folder of the points and the summary (default runs/sweep)")
     _add_overwrite(p)
+    _add_allow_mixed_data(p)
 
 
 def _add_attention_maps(subparsers: argparse._SubParsersAction) -> None:
