@@ -105,3 +105,12 @@ def test_bad_out_is_refused_before_any_work(tmp_path, capsys):
         assert main(["attention-maps", str(run), "--out", str(out)]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "--out" in err[0] and str(named) in err[0], err
+
+
+def test_run_without_checkpoint_is_one_line(tmp_path, tiny_cifar10, capsys):
+    _write_run(tmp_path / "run", tiny_cifar10, "seed")
+    for path in RunDir(tmp_path / "run").checkpoint_dir.iterdir():
+        path.unlink()
+    assert main(["attention-maps", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no readable checkpoint" in err[0] and "aacn train" in err[0], err

@@ -11,7 +11,7 @@ import aacn.train
 from aacn.cli import main
 from aacn.config import RunConfig
 from aacn.errors import UserError
-from aacn.experiments.sweep import check_points, grid_points, parse_grid, sweep
+from aacn.experiments.sweep import check_points, grid_points, parse_grid, summarize, sweep
 from aacn.train.records import RunDir
 
 
@@ -160,3 +160,57 @@ def test_cli_scale_fills_only_flags_left_out(tmp_path, monkeypatch, capsys):
     assert base.subset == smoke["subset"] and base.base_width == smoke["base_width"]
     assert base.num_heads == SMOKE_ATTENTION["num_heads"]
     assert seen["grid"] == {"kappa": [0.1, 0.2]} and seen["out"] == str(tmp_path) and base.out == str(tmp_path)
+
+
+def _data(label: str, test: str) -> dict:
+    return {"label": label, "differing_files": [] if label == "official" else ["test_batch"],
+            "fingerprint": {"train": "1" * 64, "test": test}}
+
+
+def _finished_point(path, num_heads: int, test_acc: float, data: dict):
+    """A finished sweep point's record (config, metrics, results with its data), without training."""
+    cfg = RunConfig(model="wrn-10-1", attention="seed", base_width=4, num_heads=num_heads, out=str(path))
+    run = RunDir(path)
+    run.write_config(cfg.to_dict(), {"params": 1000, "attention_layers": []}, data=data)
+    run.write_metrics([{"epoch": 1, "train_loss": 1.0, "train_acc": 50.0, "val_loss": 1.1, "val_acc": 45.0,
+                        "epoch_time_s": 1.0}])
+    run.write_results({"train_acc": 50.0, "val_acc": 45.0, "test_acc": test_acc, "train_time_s": 1.0,
+                       "wall_time_s": 2.0, "params": 1000, "config": cfg.to_dict(), "data": data})
+    return path
+
+
+def test_summary_checks_data_as_report_does(tmp_path):
+    a = _finished_point(tmp_path / "num_heads-1", 1, 60.0, _data("official", "a" * 64))
+    b = _finished_point(tmp_path / "num_heads-2", 2, 61.0, _data("not official", "b" * 64))
+    with pytest.raises(UserError, match="--allow-mixed-data") as err:
+        summarize([a, b], ["num_heads"], tmp_path)
+    assert "one sweep" in str(err.value) and "bbbbbbbbbbbb" in str(err.value)
+    assert not (tmp_path / "sweep.md").exists()
+
+    result = summarize([a, b], ["num_heads"], tmp_path, allow_mixed_data=True)
+    md = (tmp_path / "sweep.md").read_text()
+    assert " Data |" in md and "| num_heads=2 † |" in md and "| num_heads=1   |" in md
+    assert "† trained on cifar10 data labelled 'not official'" in md and "test_batch" in md
+    assert "not directly comparable" in md and result.markdown in md
+
+    c = _finished_point(tmp_path / "same" / "num_heads-1", 1, 59.0, _data("not official", "b" * 64))
+    summarize([c, b], ["num_heads"], tmp_path / "same")  # one kind of data: tabulated, rows still marked
+    md = (tmp_path / "same" / "sweep.md").read_text()
+    assert " Data |" not in md and "| num_heads=1 † |" in md and "| num_heads=2 † |" in md
+
+
+def test_cli_sweep_refuses_mixed_data_unless_allowed(tmp_path, monkeypatch, capsys):
+    import aacn.experiments.sweep as sweep_module
+
+    monkeypatch.setattr(sweep_module, "check_points", lambda points: None)
+    monkeypatch.setattr(sweep_module, "train_all", lambda points, **kwargs: None)  # the points are recorded below
+    _finished_point(tmp_path / "num_heads-1", 1, 60.0, _data("official", "a" * 64))
+    _finished_point(tmp_path / "num_heads-2", 2, 61.0, _data("not official", "b" * 64))
+    argv = ["sweep", "--model", "wrn-10-1", "--attention", "seed", "--base-width", "4", "--grid", "num_heads=1,2",
+            "--out", str(tmp_path)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--allow-mixed-data" in err[0] and "different cifar10 data" in err[0], err
+    assert main([*argv, "--allow-mixed-data"]) == 0
+    out = capsys.readouterr().out
+    assert " Data |" in out and "| num_heads=2 † |" in out

@@ -294,19 +294,12 @@ def run_anchor(
     start = time.perf_counter()
     trainer = trainer if trainer is not None else airbench_trainer(anchor, device)
     path = Path(out) if out is not None else default_out(anchor, seed)
-    stored = _read(path / "config.json") if (path / "config.json").is_file() else None
-    if stored is not None and (not isinstance(stored, dict) or stored.get("kind") != "anchor"):
-        raise UserError(f"{path} holds a record that is not an anchor's; choose another --out")
-    check_output_dir(path, "--out")
-
+    stored = _stored_anchor_config(path)
     data = load_cifar(DATASET, data_dir, val_size=0)
     provenance_data = getattr(data, "provenance", None)
     config = anchor_config(anchor, data, seed, trainer.version, str(resolve_data_dir(data_dir)))
     if stored is not None and (path / "results.json").is_file() and not overwrite:
-        differences = record_differences(stored, config, provenance_data)
-        if differences:
-            raise UserError(f"{path} holds a finished anchor record with another config ("
-                            f"{'; '.join(differences)}); pass --overwrite to retrain or choose another --out")
+        _check_same_record(path, stored, config, provenance_data)
         log(f"{anchor} already finished: {path / 'results.json'}")
         return AnchorRun("finished", path, _read(path / "results.json"))
     for name in RECORD_FILES:
@@ -321,17 +314,41 @@ def run_anchor(
         write_airbench_data(data, tmp)
         outcome = trainer(anchor, Path(tmp), seed)
     _write_metrics(path / "metrics.jsonl", outcome.metrics)
-    results = {
-        "kind": "anchor", "anchor": anchor, "dataset": DATASET, "seed": seed,
-        "train_images": config["train_images"], "test_images": config["test_images"],
-        "test_acc": outcome.test_acc, "test_acc_tta": outcome.test_acc_tta,
-        "test_acc_tta_airbench": outcome.test_acc_tta_airbench, "train_time_s": outcome.train_time_s,
-        "wall_time_s": time.perf_counter() - start, "params": outcome.params,
-        "epochs": outcome.settings.get("opt", {}).get("train_epochs", len(outcome.metrics)),
-        "airbench_settings": outcome.settings, "config": config, "provenance": provenance, "data": provenance_data,
-    }
+    results = {**_results(outcome, config, wall_time_s=time.perf_counter() - start), "provenance": provenance,
+               "data": provenance_data}
     write_json(path / "results.json", results)
     tta = "" if outcome.test_acc_tta is None else f", {outcome.test_acc_tta:.2f}% with flip TTA"
     log(f"{anchor}: {outcome.test_acc:.2f}% test{tta}, trained in {outcome.train_time_s:.1f} s "
         f"-> {path / 'results.json'}")
     return AnchorRun("trained", path, results)
+
+
+def _stored_anchor_config(path: Path) -> Any:
+    """The ``config.json`` already in ``path`` (``None`` if there is none), once ``path`` is known to be a usable
+    output folder that holds no other kind of record."""
+    stored = _read(path / "config.json") if (path / "config.json").is_file() else None
+    if stored is not None and (not isinstance(stored, dict) or stored.get("kind") != "anchor"):
+        raise UserError(f"{path} holds a record that is not an anchor's; choose another --out")
+    check_output_dir(path, "--out")
+    return stored
+
+
+def _check_same_record(path: Path, stored: dict[str, Any], config: dict[str, Any], data: Any) -> None:
+    """Refuse a finished record in ``path`` whose config or data differ from the requested ones."""
+    differences = record_differences(stored, config, data)
+    if differences:
+        raise UserError(f"{path} holds a finished anchor record with another config ("
+                        f"{'; '.join(differences)}); pass --overwrite to retrain or choose another --out")
+
+
+def _results(outcome: AnchorOutcome, config: dict[str, Any], *, wall_time_s: float) -> dict[str, Any]:
+    """``results.json`` of a trained anchor, without its provenance and data."""
+    return {
+        "kind": "anchor", "anchor": config["anchor"], "dataset": DATASET, "seed": config["seed"],
+        "train_images": config["train_images"], "test_images": config["test_images"],
+        "test_acc": outcome.test_acc, "test_acc_tta": outcome.test_acc_tta,
+        "test_acc_tta_airbench": outcome.test_acc_tta_airbench, "train_time_s": outcome.train_time_s,
+        "wall_time_s": wall_time_s, "params": outcome.params,
+        "epochs": outcome.settings.get("opt", {}).get("train_epochs", len(outcome.metrics)),
+        "airbench_settings": outcome.settings, "config": config,
+    }

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import re
+from collections.abc import Callable
 
 from aacn.config import add_arguments, config_from_args, given_options
 from aacn.errors import UserError
@@ -86,7 +87,7 @@ def _sweep(args: argparse.Namespace) -> int:
         defaults = scale_settings(given.get("model", "resnet34"), args.scale,
                                   attention=given.get("attention", "none"), dataset=given.get("dataset", "cifar10"))
     base = config_from_args(args, defaults).replace(out=args.out)  # every point gets a subfolder of out
-    result = sweep(base, grid, args.out, overwrite=args.overwrite)
+    result = sweep(base, grid, args.out, overwrite=args.overwrite, allow_mixed_data=args.allow_mixed_data)
     print()
     print(result.markdown)
     print(f"\nsummary: {', '.join(str(p) for p in result.files)}")
@@ -147,8 +148,13 @@ _OVERWRITE_HELP = "retrain runs whose saved settings differ from the requested o
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``reproduce``, ``report``, ``sweep``, ``attention-maps`` and ``anchor`` to the ``aacn`` sub-parsers."""
-    p = subparsers.add_parser(
-        "reproduce", help="train and report table1 | table2 | paper-cifar100",
+    for add in (_add_reproduce, _add_report, _add_sweep, _add_attention_maps, _add_anchor):
+        add(subparsers)
+
+
+def _add_reproduce(subparsers: argparse._SubParsersAction) -> None:
+    p = _verb(
+        subparsers, "reproduce", _reproduce, help="train and report table1 | table2 | paper-cifar100",
         description="Train every run of a table one after the other into OUT/<run>/ (finished runs are kept, "
                     "unfinished ones resumed; a run shared by two tables trains once), then write the table's "
                     "report.md, report.csv and learning_curves.png into OUT/<table>[-<placement>]/.")
@@ -165,11 +171,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_arguments(p, only=_REPRODUCE_OPTIONS)
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile every model (default: on for --scale fast on CUDA, else off)")
-    p.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
-    p.set_defaults(func=_reproduce)
+    _add_overwrite(p)
 
-    p = subparsers.add_parser(
-        "report", help="tabulate finished runs (markdown, CSV, learning curves)",
+
+def _add_report(subparsers: argparse._SubParsersAction) -> None:
+    p = _verb(
+        subparsers, "report", _report, help="tabulate finished runs (markdown, CSV, learning curves)",
         description="Read run directories and write report.md, report.csv and learning_curves.png; runs that "
                     "differ only in their seed share a row (mean ± std).")
     p.add_argument("run_dirs", nargs="*", metavar="RUN_DIR")
@@ -179,15 +186,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--extended", action="store_true",
                    help="add every run's provenance: aacn version, commit, torch/CUDA/cuDNN, device, precision, "
                         "compile, data")
-    p.add_argument("--allow-mixed-data", action="store_true",
-                   help="tabulate runs trained on different images (different data fingerprints) together")
+    _add_allow_mixed_data(p)
     p.add_argument("--publish", nargs=2, metavar=("RESULTS_DIR", "OUT_MD"),
                    help="write OUT_MD (e.g. docs/RESULTS.md) from the published records under RESULTS_DIR: every "
                         "table per scale, the anchors, learning curves and provenance")
-    p.set_defaults(func=_report)
 
-    p = subparsers.add_parser(
-        "sweep", help="train a grid of model/training settings and tabulate it",
+
+def _add_sweep(subparsers: argparse._SubParsersAction) -> None:
+    p = _verb(
+        subparsers, "sweep", _sweep, help="train a grid of model/training settings and tabulate it",
         description="Train every combination of --grid values on top of the run flags, each in OUT/<point>/ "
                     "(finished points are kept, unfinished ones resumed; every point is checked before any "
                     "trains); write OUT/sweep.md, sweep.csv and accuracy_vs_params.png.")
@@ -198,11 +205,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--scale", choices=SCALES,
                    help="this scale's settings (epochs, subset, width, recipe, ...) for the flags you leave out")
     p.add_argument("--out", default="runs/sweep", help="folder of the points and the summary (default runs/sweep)")
-    p.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
-    p.set_defaults(func=_sweep)
+    _add_overwrite(p)
+    _add_allow_mixed_data(p)
 
-    p = subparsers.add_parser(
-        "attention-maps", help="draw a trained AA layer's attention weights over a test image",
+
+def _add_attention_maps(subparsers: argparse._SubParsersAction) -> None:
+    p = _verb(
+        subparsers, "attention-maps", _attention_maps,
+        help="draw a trained AA layer's attention weights over a test image",
         description="Rebuild the model of RUN_DIR, load its newest checkpoint and draw a grid (heads x query "
                     "pixels) of the attention weights of one attention-augmented layer over test image I.")
     p.add_argument("run_dir", metavar="RUN_DIR")
@@ -214,10 +224,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", help="CIFAR location (default: the run's)")
     # argparse takes "-1,3" for an option; read it as a pixel so the error says coordinates cannot be negative.
     p._negative_number_matcher = re.compile(r"^-\d+$|^-\d*\.\d+$|^-?\d+,-?\d+$")
-    p.set_defaults(func=_attention_maps)
 
-    p = subparsers.add_parser(
-        "anchor", help="train a public airbench baseline (airbench94 | airbench96) on the same CIFAR-10 images",
+
+def _add_anchor(subparsers: argparse._SubParsersAction) -> None:
+    p = _verb(
+        subparsers, "anchor", _anchor,
+        help="train a public airbench baseline (airbench94 | airbench96) on the same CIFAR-10 images",
         description="Train airbench's own airbench94 or airbench96 (pip install -e \".[anchors]\"; needs a CUDA "
                     "GPU) on all 50,000 training images of --data-dir and write a run record that 'aacn report' "
                     "reads beside ours (default runs/anchors/NAME-seedK).")
@@ -228,4 +240,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto | cuda (airbench trains on cuda:0; pick the GPU with "
                                                     "CUDA_VISIBLE_DEVICES)")
     p.add_argument("--overwrite", action="store_true", help="retrain over a finished record with another config")
-    p.set_defaults(func=_anchor)
+
+
+def _verb(subparsers: argparse._SubParsersAction, name: str, func: Callable[[argparse.Namespace], int], *,
+          help: str, description: str) -> argparse.ArgumentParser:
+    """The sub-parser of verb ``name``, which runs ``func(args) -> exit code``."""
+    p = subparsers.add_parser(name, help=help, description=description)
+    p.set_defaults(func=func)
+    return p
+
+
+def _add_overwrite(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
+
+
+def _add_allow_mixed_data(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-mixed-data", action="store_true",
+                   help="tabulate runs trained on different images (different data fingerprints) together")

@@ -71,6 +71,7 @@ __all__ = [
     "format_params",
     "markdown_table",
     "format_rows",
+    "tabulate",
     "rows_csv",
     "report",
 ]
@@ -651,28 +652,11 @@ def report(
     records = load_runs(run_dirs, partial=partial)
     mixed = check_same_data(records, allow_mixed=allow_mixed_data)
     rows = group_runs(records)
-    marks, data_notes = data_marks(rows)
-    lead = [("Data", lambda r: row_values(r, data_text))] if mixed else []
-    table = format_rows(rows, columns_for(rows, extended), lead=lead, marks=marks)
-    notes = list(data_notes)
-    if any(r.partial for r in rows):
-        notes.append("\\* unfinished: last finished epoch shown; no test accuracy yet.")
-    if any(len(r.runs) > 1 for r in rows):
-        notes.append("Several runs per row: mean ± sample standard deviation over seeds.")
-    if mixed:
-        notes.append("Rows were trained on different data (see the Data column): their accuracies are not "
-                     "directly comparable.")
-    shown = "\n".join([table, "", *notes] if notes else [table])
-    md = [f"# {title}", "", table, ""]
-    md += [*notes, ""] if notes else []
-    if provenance:
-        prov = provenance_table(rows)
-        md += ["## Provenance", "", prov, ""]
-        shown += "\n\n" + prov
-    md += ["## Settings", ""]
-    md += [f"- **{r.label}**: {settings_line(r)}; runs: {', '.join(str(x.path) for x in r.runs)}" for r in rows]
+    table, notes = tabulate(rows, columns_for(rows, extended), mixed=mixed)
+    prov = provenance_table(rows) if provenance else None
+    shown = "\n".join([table, "", *notes] if notes else [table]) + ("" if prov is None else "\n\n" + prov)
     files = [out_dir / "report.md", out_dir / "report.csv"]
-    text, csv_text = "\n".join(md) + "\n", rows_csv(rows)
+    text, csv_text = _report_markdown(title, rows, table, notes, prov), rows_csv(rows)
     atomic_write(files[0], lambda fh: fh.write(text))
     atomic_write(files[1], lambda fh: fh.write(csv_text))
     if curves:
@@ -683,3 +667,37 @@ def report(
             out_dir / "learning_curves.png", title=title,
         ))
     return ReportResult(shown, rows, files)
+
+
+def tabulate(rows: Sequence[ReportRow], columns: Sequence[Column], *, mixed: bool,
+             lead: Sequence[tuple[str, Callable]] = ()) -> tuple[str, list[str]]:
+    """The markdown table of ``rows`` and the notes under it.
+
+    Rows trained on data that is not official (or of unknown origin) are marked, as :func:`data_marks` says;
+    ``mixed`` (runs on different data, see :func:`check_same_data`) adds a Data column after the ``lead``
+    columns. The notes explain the marks, unfinished rows, rows of several seeds and mixed data.
+    """
+    marks, data_notes = data_marks(rows)
+    data_column = [("Data", lambda r: row_values(r, data_text))] if mixed else []
+    table = format_rows(rows, columns, lead=[*lead, *data_column], marks=marks)
+    notes = list(data_notes)
+    if any(r.partial for r in rows):
+        notes.append("\\* unfinished: last finished epoch shown; no test accuracy yet.")
+    if any(len(r.runs) > 1 for r in rows):
+        notes.append("Several runs per row: mean ± sample standard deviation over seeds.")
+    if mixed:
+        notes.append("Rows were trained on different data (see the Data column): their accuracies are not "
+                     "directly comparable.")
+    return table, notes
+
+
+def _report_markdown(title: str, rows: Sequence[ReportRow], table: str, notes: Sequence[str],
+                     provenance: str | None) -> str:
+    """``report.md``: the title, the table and its notes, the provenance table if any, each row's settings."""
+    md = [f"# {title}", "", table, ""]
+    md += [*notes, ""] if notes else []
+    if provenance is not None:
+        md += ["## Provenance", "", provenance, ""]
+    md += ["## Settings", ""]
+    md += [f"- **{r.label}**: {settings_line(r)}; runs: {', '.join(str(x.path) for x in r.runs)}" for r in rows]
+    return "\n".join(md) + "\n"

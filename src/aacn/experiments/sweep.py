@@ -11,6 +11,8 @@ data) before the first one trains, so a bad value fails at once, naming the poin
 
 Outputs in ``OUT``: ``sweep.md`` and ``sweep.csv`` (one row per point; several seeds of a point, via
 ``seed=0,1,2``, become mean ± std) and ``accuracy_vs_params.png`` (test accuracy against parameter count).
+Their data are checked as ``aacn report`` checks them: points trained on different images are refused unless
+``--allow-mixed-data``, and rows trained on data that is not official are marked.
 """
 
 from __future__ import annotations
@@ -28,12 +30,13 @@ from aacn.experiments.report import (
     BASIC_COLUMNS,
     TIME_COLUMN,
     ReportResult,
+    check_same_data,
     format_params,
-    format_rows,
     group_runs,
     load_runs,
     rows_csv,
     short_value,
+    tabulate,
 )
 from aacn.experiments.reproduce import train_all
 from aacn.train.records import RunDir
@@ -134,36 +137,45 @@ def check_points(points: Sequence[RunConfig]) -> None:
 
 
 def summarize(run_dirs: Sequence[str | os.PathLike], keys: Sequence[str], out: str | os.PathLike,
-              *, partial: bool = False) -> ReportResult:
-    """Write ``sweep.md``, ``sweep.csv`` and ``accuracy_vs_params.png`` for the runs, one row per point."""
+              *, partial: bool = False, allow_mixed_data: bool = False) -> ReportResult:
+    """Write ``sweep.md``, ``sweep.csv`` and ``accuracy_vs_params.png`` for the runs, one row per point.
+
+    Data are checked as ``aacn report`` checks them: points trained on different images are refused (naming
+    ``--allow-mixed-data``) unless ``allow_mixed_data``, which adds a Data column; rows trained on data that is
+    not official are marked, with a footnote.
+    """
     from aacn.viz.curves import plot_accuracy_vs_params
 
-    rows = group_runs(load_runs(run_dirs, partial=partial))
+    records = load_runs(run_dirs, partial=partial)
+    mixed = check_same_data(records, allow_mixed=allow_mixed_data, what="one sweep")
+    rows = group_runs(records)
     shown = [k for k in keys if k != "seed"]
     for row in rows:
         row.label = ", ".join(f"{k}={short_value(row.fields.get(k))}" for k in shown) or row.label
     columns = [*BASIC_COLUMNS, TIME_COLUMN]
-    table = format_rows(rows, columns, lead=[("Params", lambda r: format_params(r.stats["params"]))])
+    table, notes = tabulate(rows, columns, mixed=mixed, lead=[("Params", lambda r: format_params(r.stats["params"]))])
+    text = "\n".join([table, "", *notes] if notes else [table])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     md = out / "sweep.md"
     csv_path = out / "sweep.csv"
-    md.write_text(f"# Sweep over {', '.join(keys)}\n\n{table}\n")
+    md.write_text(f"# Sweep over {', '.join(keys)}\n\n{text}\n")
     csv_path.write_text(rows_csv(rows, extra=shown))
     points = [(r.label, r.stats["params"].mean, r.stats["test_acc"].mean, r.stats["test_acc"].std)
               for r in rows if r.stats["params"].mean is not None and r.stats["test_acc"].mean is not None]
     png = plot_accuracy_vs_params(points, out / "accuracy_vs_params.png", title=f"Sweep over {', '.join(shown)}")
-    return ReportResult(table, rows, [md, csv_path, png])
+    return ReportResult(text, rows, [md, csv_path, png])
 
 
 def sweep(base: RunConfig, grid: dict[str, list[Any]], out: str | os.PathLike, *, overwrite: bool = False,
-          log: Any = print) -> ReportResult:
+          allow_mixed_data: bool = False, log: Any = print) -> ReportResult:
     """Check every grid point, train (or keep / resume) each under ``out``, then write the summary there.
 
-    ``overwrite`` retrains points whose folders hold other settings instead of refusing them.
+    ``overwrite`` retrains points whose folders hold other settings instead of refusing them;
+    ``allow_mixed_data`` tabulates points trained on different images (see :func:`summarize`).
     """
     points = grid_points(base, grid, out)
     check_points(points)
     train_all(points, overwrite=overwrite, log=log,
               heading=lambda i, cfg: f"== sweep point {i}/{len(points)}: {Path(cfg.out).name}")
-    return summarize([cfg.out for cfg in points], list(grid), out)
+    return summarize([cfg.out for cfg in points], list(grid), out, allow_mixed_data=allow_mixed_data)

@@ -1,13 +1,13 @@
 """Attention maps of a trained attention-augmented layer: where does a query pixel look?
 
-``aacn attention-maps RUN_DIR`` rebuilds the run's model from ``config.json``, loads its newest checkpoint
-(``torch.load(weights_only=True)``), feeds one normalised test image, captures the input of the chosen
-:class:`aacn.nn.AAConv2d` with a forward hook and asks it for :meth:`~aacn.nn.AAConv2d.attention_weights` of a
-few query pixels. The figure is a grid, heads (rows) × query pixels (columns): each panel shows the image with
-that head's attention over the layer's grid laid on top (one cell per grid position, so a 4×4 grid shows 8×8
-pixel blocks) and the query pixel marked. Coordinates follow image conventions throughout: a pixel is given as
-``x,y`` with ``x`` the column (left to right) and ``y`` the row (top to bottom), and panels are drawn with rows
-as y and columns as x.
+``aacn attention-maps RUN_DIR`` rebuilds the run's model from ``config.json`` and loads its newest checkpoint
+(:func:`aacn.inference.load_model`, ``torch.load(weights_only=True)``), feeds one normalised test image,
+captures the input of the chosen :class:`aacn.nn.AAConv2d` with a forward hook and asks it for
+:meth:`~aacn.nn.AAConv2d.attention_weights` of a few query pixels. The figure is a grid, heads (rows) × query
+pixels (columns): each panel shows the image with that head's attention over the layer's grid laid on top (one
+cell per grid position, so a 4×4 grid shows 8×8 pixel blocks) and the query pixel marked. Coordinates follow
+image conventions throughout: a pixel is given as ``x,y`` with ``x`` the column (left to right) and ``y`` the
+row (top to bottom), and panels are drawn with rows as y and columns as x.
 
 A query pixel ``(x, y)`` of the 32×32 image maps to the attention grid cell ``(row, col) = (y * gh // 32,
 x * gw // 32)`` for a ``gh × gw`` grid (the layer's input size, halved by its 2×2 pooling when it has stride 2).
@@ -19,6 +19,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,6 +28,7 @@ from torch import nn
 from aacn.config import RunConfig
 from aacn.errors import UserError
 from aacn.files import check_output_dir, check_output_file
+from aacn.inference import load_model
 from aacn.train.records import RunDir
 
 __all__ = [
@@ -110,17 +112,27 @@ def layer_attention(
     return weights, queries
 
 
-def _load_model(run: RunDir, config: RunConfig, num_classes: int) -> nn.Module:
-    from aacn.models import create_model
+def _run_layers(run: RunDir) -> tuple[RunConfig, list[dict]]:
+    """The run's config and its attention layers (as ``config.json`` describes them); one line if it has none."""
+    if not run.config_path.is_file():
+        raise UserError(f"{run.path} is not a run directory (no config.json); pass a folder written by 'aacn train'")
+    stored = run.read_config()
+    config = RunConfig.from_dict(stored.get("config", stored))
+    layers = stored.get("info", {}).get("attention_layers") or []
+    if not layers:
+        raise UserError(f"run {run.path} has no attention layers (attention="
+                        f"{config.attention!r}); attention maps need a run trained "
+                        f"with --attention seed|paper|BLOCKS")
+    return config, layers
 
-    found = run.latest_checkpoint(map_location="cpu")
-    if found is None:
-        raise UserError(f"{run.path} has no readable checkpoint in {run.checkpoint_dir}; train it first "
-                        f"('aacn train --out {run.path} ...')")
-    _, state = found
-    model = create_model(config.model, num_classes, **config.model_kwargs)
-    model.load_state_dict(state["model"])
-    return model.eval()
+
+def _check_layer(run: RunDir, layers: Sequence[dict], layer: str | None) -> str:
+    names = [d["name"] for d in layers]
+    layer = default_layer(layers) if layer is None else layer
+    if layer not in names:
+        raise UserError(f"--layer {layer!r} is not an attention layer of {run.path}; choose one of "
+                        f"{', '.join(names)}")
+    return layer
 
 
 def compute_attention_maps(
@@ -133,6 +145,7 @@ def compute_attention_maps(
 ) -> AttentionMaps:
     """Attention weights of a trained run's AA layer for test image ``image`` (see the module docstring).
 
+    The model comes from :func:`aacn.inference.load_model` (the run's config and newest checkpoint).
     Raises :class:`UserError` for a folder that is no run, a run without attention, an unknown layer (listing
     the valid ones), an image index out of range, a pixel outside the image or a run without checkpoints.
     """
@@ -140,20 +153,8 @@ def compute_attention_maps(
     from aacn.data.augment import Normalizer
 
     run = RunDir(run_dir)
-    if not run.config_path.is_file():
-        raise UserError(f"{run.path} is not a run directory (no config.json); pass a folder written by 'aacn train'")
-    stored = run.read_config()
-    config = RunConfig.from_dict(stored.get("config", stored))
-    layers = stored.get("info", {}).get("attention_layers") or []
-    if not layers:
-        raise UserError(f"run {run.path} has no attention layers (attention="
-                        f"{config.attention!r}); attention maps need a run trained "
-                        f"with --attention seed|paper|BLOCKS")
-    names = [d["name"] for d in layers]
-    layer = default_layer(layers) if layer is None else layer
-    if layer not in names:
-        raise UserError(f"--layer {layer!r} is not an attention layer of {run.path}; choose one of "
-                        f"{', '.join(names)}")
+    config, layers = _run_layers(run)
+    layer = _check_layer(run, layers, layer)
     pixels = _check_pixels(DEFAULT_PIXELS if pixels is None else pixels, 32, 32)
     data = load_cifar(config.dataset, data_dir if data_dir is not None else config.data_dir,
                       val_size=config.val_size, split_seed=config.split_seed, subset=config.subset)
@@ -161,7 +162,7 @@ def compute_attention_maps(
     if not 0 <= image < n_test:
         raise UserError(f"--image {image} is out of range: the {config.dataset} test set has {n_test} images "
                         f"(0..{n_test - 1})")
-    model = _load_model(run, config, data.num_classes)
+    model = load_model(run.path, num_classes=data.num_classes)
     normalizer = Normalizer(config.normalize, data.train.images)
     img_u8 = data.test.images[image : image + 1]
     weights, queries = layer_attention(model, layer, normalizer(img_u8), pixels)
@@ -218,24 +219,18 @@ def plot_attention_maps(maps: AttentionMaps, path: str | os.PathLike) -> Path:
     return save_figure(fig, path)
 
 
-def attention_maps_command(
-    run_dir: str | os.PathLike,
-    *,
-    layer: str | None = None,
-    image: int = 0,
-    pixels: Sequence[tuple[int, int]] | None = None,
-    out: str | os.PathLike | None = None,
-    data_dir: str | os.PathLike | None = None,
-) -> Path:
+def attention_maps_command(run_dir: str | os.PathLike, *, out: str | os.PathLike | None = None,
+                           **query: Any) -> Path:
     """What ``aacn attention-maps`` does: compute the maps and write the PNG (default inside ``run_dir``).
 
-    The output path is checked before the model is built or any data is loaded: a folder, a read-only place or
-    a path below a file is one :class:`UserError` naming ``--out``.
+    ``query``: :func:`compute_attention_maps`'s keyword arguments (``layer``, ``image``, ``pixels``,
+    ``data_dir``). The output path is checked before the model is built or any data is loaded: a folder, a
+    read-only place or a path below a file is one :class:`UserError` naming ``--out``.
     """
     if out is not None:
         check_output_file(out, "--out")
     elif Path(run_dir).is_dir():
         check_output_dir(run_dir, "--out")  # the default: inside RUN_DIR
-    maps = compute_attention_maps(run_dir, layer=layer, image=image, pixels=pixels, data_dir=data_dir)
-    path = Path(out) if out is not None else Path(run_dir) / f"attention-{maps.layer}-img{image}.png"
+    maps = compute_attention_maps(run_dir, **query)
+    path = Path(out) if out is not None else Path(run_dir) / f"attention-{maps.layer}-img{maps.image_index}.png"
     return plot_attention_maps(maps, path)
