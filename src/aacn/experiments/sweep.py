@@ -39,6 +39,7 @@ from aacn.experiments.report import (
     tabulate,
 )
 from aacn.experiments.reproduce import train_all
+from aacn.files import atomic_write
 from aacn.train.records import RunDir
 
 __all__ = ["parse_grid", "grid_points", "check_points", "summarize", "sweep"]
@@ -159,8 +160,9 @@ def summarize(run_dirs: Sequence[str | os.PathLike], keys: Sequence[str], out: s
     out.mkdir(parents=True, exist_ok=True)
     md = out / "sweep.md"
     csv_path = out / "sweep.csv"
-    md.write_text(f"# Sweep over {', '.join(keys)}\n\n{text}\n")
-    csv_path.write_text(rows_csv(rows, extra=shown))
+    summary, table = f"# Sweep over {', '.join(keys)}\n\n{text}\n", rows_csv(rows, extra=shown)
+    atomic_write(md, lambda fh: fh.write(summary))
+    atomic_write(csv_path, lambda fh: fh.write(table))
     points = [(r.label, r.stats["params"].mean, r.stats["test_acc"].mean, r.stats["test_acc"].std)
               for r in rows if r.stats["params"].mean is not None and r.stats["test_acc"].mean is not None]
     png = plot_accuracy_vs_params(points, out / "accuracy_vs_params.png", title=f"Sweep over {', '.join(shown)}")
