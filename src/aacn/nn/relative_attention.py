@@ -13,7 +13,7 @@ followed by a softmax over all keys and a weighted sum of the values.
 * :func:`sdpa_attention` -- folds the relative terms into the query/key product (``H + W`` extra columns: the
   query gets ``q . r^H_(x'-x)`` for every key row ``x'`` and ``q . r^W_(y'-y)`` for every key column ``y'``,
   the key gets one-hot(``x'``) and one-hot(``y'``)) and runs a fused kernel: ``F.scaled_dot_product_attention``
-  restricted to its fused backends on CUDA, :class:`aacn.nn.flash_cpu.FoldedFlashAttentionCPU` on CPU. No
+  restricted to its fused backends on CUDA, the ``aacn::folded_flash_attention_cpu`` operator on CPU. No
   ``(HW)^2`` tensor is ever built.
 * :func:`chunked_attention` -- pure-PyTorch fallback for any device and dtype: exact attention over blocks of
   queries, each block recomputed in the backward pass (activation checkpointing), so at most one
@@ -30,7 +30,8 @@ from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 
-from aacn.nn.flash_cpu import HAS_CPU_FLASH, FoldedFlashAttentionCPU, rel_index
+from aacn.nn.flash_cpu import HAS_CPU_FLASH, flash_attention_cpu
+from aacn.nn.positions import rel_index
 
 # Fused SDPA backends only: the "math" backend would materialise (HW)^2 and is never allowed here.
 _FUSED_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION]
@@ -197,7 +198,7 @@ def sdpa_attention(
 
     On CPU the flash kernel runs over chunks of (batch x head) pairs with at most ``chunk_elements`` (default
     :data:`SDPA_CHUNK_ELEMENTS`) elements per folded tensor, and only the compact output and log-sum-exp are
-    kept for backward (:class:`aacn.nn.flash_cpu.FoldedFlashAttentionCPU`): the folded tensors are
+    kept for backward (the ``aacn::folded_flash_attention_cpu`` operator): the folded tensors are
     ``(dkh + H + W) / dkh`` times larger than q and would otherwise dominate the layer's memory.
     """
     if q.device.type != "cpu" or not HAS_CPU_FLASH:
@@ -205,7 +206,7 @@ def sdpa_attention(
     b, nh, h, w, dvh = v.shape
     chunk_elements = SDPA_CHUNK_ELEMENTS if chunk_elements is None else chunk_elements
     pairs = max(1, chunk_elements // (h * w * max(q.shape[-1] + h + w, dvh)))
-    return FoldedFlashAttentionCPU.apply(q, k, v, rel_h, rel_w, scale, pairs, compute_dtype(q, k, v))
+    return flash_attention_cpu(q, k, v, rel_h, rel_w, scale, pairs, compute_dtype(q, k, v))
 
 
 # ----------------------------------------------------------------------------------------------- chunked
