@@ -260,25 +260,28 @@ def test_an_empty_batch_gives_an_empty_output_and_zero_gradients(impl):
     assert all(not g.any() for g in grads)
 
 
+@pytest.mark.parametrize("op", ["folded_flash_attention_cpu", "chunked_relative_attention"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("tables", ["both", "rel_h", "none"])
-def test_cpu_flash_operator_passes_opcheck(dtype, tables):
-    """Schema, fake implementation, autograd registration and AOT tracing of the "sdpa" CPU operator and of its
-    backward operator."""
+def test_operators_pass_opcheck(op, dtype, tables):
+    """Schema, fake implementation, autograd registration and AOT tracing of the "sdpa" CPU operator and the
+    "chunked" operator (3 query blocks) and of their backward operators."""
     (q, k, v, rel_h, rel_w), _ = _inputs(3, 4, dtype=dtype)
     rel_h = rel_h if tables in ("both", "rel_h") else None
     rel_w = rel_w if tables == "both" else None
-    args = (q, k, v, rel_h, rel_w, 0.5, 3, dtype)
-    torch.library.opcheck(torch.ops.aacn.folded_flash_attention_cpu, args)
-    out, lse = torch.ops.aacn.folded_flash_attention_cpu(*args)
-    grad = torch.randn_like(out)
-    needed = [True, False, True, True, rel_w is not None]
-    torch.library.opcheck(torch.ops.aacn.folded_flash_attention_cpu_backward,
-                          (grad, *(t.detach() if t is not None else None for t in (q, k, v, rel_h, rel_w)),
-                           out.detach(), lse, 0.5, 3, dtype, needed))
+    forward, backward = getattr(torch.ops.aacn, op), getattr(torch.ops.aacn, op + "_backward")
+    extra = (3, dtype) if op == "folded_flash_attention_cpu" else (5, dtype)
+    torch.library.opcheck(forward, (q, k, v, rel_h, rel_w, 0.5, *extra))
+    out, lse = forward(q, k, v, rel_h, rel_w, 0.5, *extra)
+    inputs = (torch.randn_like(out), *(t.detach() if t is not None else None for t in (q, k, v, rel_h, rel_w)),
+              out.detach(), lse, 0.5)
+    if op == "folded_flash_attention_cpu":
+        torch.library.opcheck(backward, (*inputs, *extra, [True, False, True, True, rel_w is not None]))
+    else:
+        torch.library.opcheck(backward, (*inputs, extra[0]))
 
 
-@pytest.mark.parametrize("impl", ["reference", "sdpa", "chunked"])
+@pytest.mark.parametrize("impl", ["reference", "sdpa", "chunked-small"])
 def test_fullgraph_compile_of_every_impl_equals_eager(impl):
     """The graph is captured whole (no break at the attention) and its backward equals eager's."""
     tensors, seed = _inputs(4, 3, dtype=torch.float32)

@@ -20,7 +20,8 @@ A ``None`` table drops its term. Implementations (``impl``):
   memory-efficient / cuDNN backends (never the math backend); memory ``O(B*Nh*HW*(dkh+H+W))``. CPU: the
   flash kernel over chunks of (batch x head) pairs, keeping only the compact output and log-sum-exp for
   backward (:mod:`aacn.nn.flash_cpu`); memory ``O(B*Nh*HW*dvh)`` plus a bounded chunk.
-* ``"chunked"`` -- pure PyTorch, any device and dtype: blocks of queries, recomputed in backward.
+* ``"chunked"`` -- PyTorch operations, any device and dtype: blocks of queries; only the output and the
+  log-sum-exp are saved, and backward recomputes each block's probabilities.
 * ``"triton"`` -- one Triton kernel that adds the relative logits inside a flash-attention loop, from compact
   ``(HW, H)`` / ``(HW, W)`` tables of ``q . r`` (:mod:`aacn.nn.triton_attention`): no folded or padded copies,
   memory ``O(B*Nh*HW*(dkh + dvh + H + W))``. CUDA only (or ``TRITON_INTERPRET=1`` on CPU, for testing);
@@ -33,13 +34,14 @@ A ``None`` table drops its term. Implementations (``impl``):
 FlexAttention is not used: it has no CPU backward, needs ``torch.compile`` to be memory-efficient, and its
 gradients of captured bias tables use atomic adds; the Triton kernel gets those gradients as register sums.
 
-The hand-written kernels are registered operators in the ``aacn`` namespace, each with a fake (shape-only)
-implementation and a registered backward that is itself an operator:
-``torch.ops.aacn.folded_flash_attention_cpu`` (``"sdpa"`` on CPU) and ``torch.ops.aacn.triton_relative_attention``
-(``"triton"``; a ``torch.library.triton_op`` where the kernels are compiled, so Inductor schedules them). The
-other paths (``"reference"``, ``"chunked"``, ``"sdpa"`` on CUDA) are plain PyTorch. So ``torch.compile(...,
-fullgraph=True)`` and ``torch.export`` capture every implementation without a graph break, and the operators
-save for backward under compilation what they save in eager mode (nothing ``(HW)^2``-sized).
+The memory-efficient implementations are registered operators in the ``aacn`` namespace, each with a fake
+(shape-only) implementation and a registered backward that is itself an operator:
+``torch.ops.aacn.folded_flash_attention_cpu`` (``"sdpa"`` on CPU), ``torch.ops.aacn.chunked_relative_attention``
+(``"chunked"``) and ``torch.ops.aacn.triton_relative_attention`` (``"triton"``; a ``torch.library.triton_op``
+where the kernels are compiled, so Inductor schedules them). ``"reference"`` and ``"sdpa"`` on CUDA are plain
+PyTorch. So ``torch.compile(..., fullgraph=True)`` and ``torch.export`` capture every implementation without a
+graph break, and the operators save for backward under compilation what they save in eager mode (nothing
+``(HW)^2``-sized).
 
 Every implementation is exact (equal up to floating-point rounding), differentiable in ``q, k, v, rel_h,
 rel_w``, and keeps softmax statistics in float32 under bf16/fp16 autocast.
