@@ -266,7 +266,10 @@ def test_an_empty_batch_gives_an_empty_output_and_zero_gradients(impl):
 def test_operators_pass_opcheck(op, dtype, tables):
     """Schema, fake implementation, autograd registration and AOT tracing of the "sdpa" CPU operator and the
     "chunked" operator (3 query blocks) and of their backward operators."""
-    (q, k, v, rel_h, rel_w), _ = _inputs(3, 4, dtype=dtype)
+    (q, k, v, rel_h, rel_w), _ = _inputs(3, 4, dtype=dtype, grad=False)
+    # q, k, v as AAConv2d passes them: permuted views of (B, Nh, d, H, W) tensors
+    q, k, v = (t.permute(0, 1, 4, 2, 3).contiguous().permute(0, 1, 3, 4, 2).requires_grad_() for t in (q, k, v))
+    rel_h, rel_w = rel_h.requires_grad_(), rel_w.requires_grad_()
     rel_h = rel_h if tables in ("both", "rel_h") else None
     rel_w = rel_w if tables == "both" else None
     forward, backward = getattr(torch.ops.aacn, op), getattr(torch.ops.aacn, op + "_backward")

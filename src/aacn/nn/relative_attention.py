@@ -285,8 +285,8 @@ def chunked_relative_attention_backward(
         qs, ks, vs, go, o = (t.to(dt).reshape(b, nh, n, -1) for t in (q, k, v, grad_out, out))
         rh, rw = (t.to(dt) if t is not None else None for t in (rel_h, rel_w))
         delta = (go * o).sum(-1, keepdim=True)  # (B, Nh, N, 1): sum_j p_ij dP_ij per query
-        dq, dk, dv = torch.zeros_like(qs), torch.zeros_like(ks), torch.zeros_like(vs)
-        drh, drw = (torch.zeros_like(t) if t is not None else None for t in (rh, rw))
+        dq, dk, dv, drh, drw = (torch.zeros(t.shape, dtype=dt, device=q.device) if t is not None else None
+                                for t in (qs, ks, vs, rh, rw))  # contiguous, as the fake implementation says
         k_grid = ks.view(b, nh, h, w, d)
         for start, stop, idx in _blocks(n, block, q.device):
             rows, cols, qb = idx // w, idx % w, qs[:, :, start:stop]
