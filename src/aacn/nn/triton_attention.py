@@ -20,6 +20,10 @@ are 88 columns wide, 4.4x q). Here instead, per (batch, head) pair with ``N = H*
 Memory is ``O(B*Nh*HW*(dkh + dvh + H + W))``, nothing ``(HW)^2``-sized and no padded copies. The kernel needs
 CUDA tensors and the ``triton`` package (shipped with CUDA builds of PyTorch); with ``TRITON_INTERPRET=1`` Triton
 runs it on CPU tensors instead, slowly, which is how the test suite checks it without a GPU.
+
+Forward and backward are the operators ``aacn::triton_relative_attention`` and ``..._backward``: with compiled
+kernels ``torch.library.triton_op``s (Inductor sees and schedules the kernels), under the interpreter opaque
+custom ops with fake implementations. ``TRITON_INTERPRET`` is read when this module is imported.
 """
 
 from __future__ import annotations
