@@ -1,4 +1,4 @@
-"""Speed and memory of the 2D relative self-attention implementations (issue 3), as ratios to ``reference``.
+"""Speed and memory of the 2D relative self-attention implementations, as ratios to ``reference``.
 
 For each grid size S (an S x S grid), each implementation runs forward + backward of
 ``relative_attention_2d(q, k, v, rel_h, rel_w, impl=...)`` with batch B, Nh heads, dkh = dvh = 20 (defaults).

@@ -1,4 +1,4 @@
-"""Correctness of every attention implementation on CUDA against the float64 CPU reference (issue 3).
+"""Correctness of every attention implementation on CUDA against the float64 CPU reference.
 
 For a few shapes (the paper's 32x32 grid included), runs ``relative_attention_2d`` forward + backward on the GPU
 in float32 and bfloat16 with each ``impl`` (``triton`` where the triton package is installed) and prints the

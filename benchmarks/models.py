@@ -1,4 +1,4 @@
-"""Training-step time and peak memory of each attention-augmented model relative to its plain model (issue 4).
+"""Training-step time and peak memory of each attention-augmented model relative to its plain model.
 
 Cases per model: the plain network, and the ``seed`` and ``paper`` placements, each with the reference
 attention (``attention_impl="reference"``, materialises the ``(HW)^2`` logits) and the memory-efficient ones
@@ -24,7 +24,7 @@ Prints ratios to the plain model; writes JSON to ``--out``.
     python benchmarks/models.py                       # CPU: narrow models, batch 8 (~2 min on 2 cores)
     python benchmarks/models.py --device cuda         # WRN-28-10 and ResNet-34, full width, batch 128
     python benchmarks/models.py --device cuda --models wrn-28-10 --batch 128
-Issue 4's CUDA target: AA-WRN-28-10 (paper, memory-efficient) <= 1.5x the plain step time and peak memory.
+CUDA target: AA-WRN-28-10 (paper, memory-efficient) <= 1.5x the plain step time and peak memory.
 """
 
 from __future__ import annotations

@@ -167,14 +167,15 @@ def test_bad_input_channels():
         _layer(feature_size=4)(torch.randn(1, 3, 4, 4))
 
 
-def test_compiled_layer_matches_eager_with_attention_outside_the_graph():
-    """torch.compile runs the convolution branch in a graph and the attention branch eagerly (graph break):
-    outputs and gradients equal the eager layer's."""
+@pytest.mark.parametrize("impl", ["reference", "sdpa", "chunked"])
+def test_layer_compiles_as_one_graph_equal_to_eager(impl):
+    """torch.compile(fullgraph=True) captures both branches, the attention included (no graph break): outputs and
+    gradients equal the eager layer's."""
     torch.manual_seed(0)
-    layer = AAConv2d(6, 16, 3, dk=8, dv=8, num_heads=2, feature_size=(5, 5)).double()
+    layer = AAConv2d(6, 16, 3, dk=8, dv=8, num_heads=2, feature_size=(5, 5), attention_impl=impl).double()
     x = torch.randn(2, 6, 5, 5, dtype=torch.float64)
-    layer(x)  # materialise the lazy embeddings before compiling
-    compiled = torch.compile(layer, backend="aot_eager")
+    torch._dynamo.reset()
+    compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
     out_eager = layer(x)
     grads_eager = torch.autograd.grad(out_eager.square().sum(), list(layer.parameters()))
     out = compiled(x)

@@ -1,8 +1,9 @@
 """GPU checks: run where CUDA is available (skipped on CPU-only machines such as CI).
 
 They cover what the CPU suite cannot: the fused CUDA attention kernels against the float64 reference (values
-padded to their own depth, so cuDNN / memory-efficient kernels run), ``torch.compile`` with Inductor on an
-attention-augmented layer, and a short ``aacn train`` on the GPU with bf16 autocast and channels-last.
+padded to their own depth, so cuDNN / memory-efficient kernels run), whole-graph ``torch.compile`` with Inductor of
+an attention-augmented layer for each CUDA impl, and a short ``aacn train`` on the GPU with bf16 autocast and
+channels-last.
 """
 
 from __future__ import annotations
@@ -31,12 +32,14 @@ def test_cuda_attention_matches_float64_reference(impl, dtype, tol, shape):
     assert all(err < tol for err in relative_errors(shape, dtype, impl))
 
 
-def test_inductor_compiled_layer_matches_eager_on_cuda():
+@pytest.mark.parametrize("impl", ["sdpa", "chunked", "triton"])
+def test_inductor_compiled_layer_matches_eager_on_cuda(impl):
+    """One graph (fullgraph=True) with the attention inside it; "triton" is a triton_op that Inductor schedules."""
     torch.manual_seed(0)
-    layer = AAConv2d(32, 64, 3, dk=40, dv=16, num_heads=4, feature_size=(16, 16)).cuda()
+    torch._dynamo.reset()
+    layer = AAConv2d(32, 64, 3, dk=40, dv=16, num_heads=4, feature_size=(16, 16), attention_impl=impl).cuda()
     x = torch.randn(4, 32, 16, 16, device="cuda")
-    layer(x)  # materialise the lazy embeddings
-    compiled = torch.compile(layer)
+    compiled = torch.compile(layer, fullgraph=True)
     params = list(layer.parameters())
     with torch.autocast("cuda", torch.bfloat16):
         want = layer(x).float()

@@ -258,3 +258,62 @@ def test_an_empty_batch_gives_an_empty_output_and_zero_gradients(impl):
     grads = torch.autograd.grad(out.sum(), [q, k, v, rel_h, rel_w])
     assert [g.shape for g in grads] == [t.shape for t in (q, k, v, rel_h, rel_w)]
     assert all(not g.any() for g in grads)
+
+
+@pytest.mark.parametrize("op", ["folded_flash_attention_cpu", "chunked_relative_attention"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("tables", ["both", "rel_h", "none"])
+def test_operators_pass_opcheck(op, dtype, tables):
+    """Schema, fake implementation, autograd registration and AOT tracing of the "sdpa" CPU operator and the
+    "chunked" operator (3 query blocks) and of their backward operators."""
+    (q, k, v, rel_h, rel_w), _ = _inputs(3, 4, dtype=dtype, grad=False)
+    # q, k, v as AAConv2d passes them: permuted views of (B, Nh, d, H, W) tensors
+    q, k, v = (t.permute(0, 1, 4, 2, 3).contiguous().permute(0, 1, 3, 4, 2).requires_grad_() for t in (q, k, v))
+    rel_h, rel_w = rel_h.requires_grad_(), rel_w.requires_grad_()
+    rel_h = rel_h if tables in ("both", "rel_h") else None
+    rel_w = rel_w if tables == "both" else None
+    forward, backward = getattr(torch.ops.aacn, op), getattr(torch.ops.aacn, op + "_backward")
+    extra = (3, dtype) if op == "folded_flash_attention_cpu" else (5, dtype)
+    torch.library.opcheck(forward, (q, k, v, rel_h, rel_w, 0.5, *extra))
+    out, lse = forward(q, k, v, rel_h, rel_w, 0.5, *extra)
+    inputs = (torch.randn_like(out), *(t.detach() if t is not None else None for t in (q, k, v, rel_h, rel_w)),
+              out.detach(), lse, 0.5)
+    if op == "folded_flash_attention_cpu":
+        torch.library.opcheck(backward, (*inputs, *extra, [True, False, True, True, rel_w is not None]))
+    else:
+        torch.library.opcheck(backward, (*inputs, extra[0]))
+
+
+@pytest.mark.parametrize("impl", ["reference", "sdpa", "chunked-small"])
+def test_fullgraph_compile_of_every_impl_equals_eager(impl):
+    """The graph is captured whole (no break at the attention) and its backward equals eager's."""
+    tensors, seed = _inputs(4, 3, dtype=torch.float32)
+    fn = _impl_fn(impl)
+    want = _run(fn, tensors)
+    torch._dynamo.reset()
+    got = _run(torch.compile(fn, fullgraph=True, backend="aot_eager"), tensors)
+    for name, a, r in zip(["out", "q", "k", "v", "rel_h", "rel_w"], got, want, strict=True):
+        torch.testing.assert_close(a, r, rtol=1e-5, atol=1e-6, msg=lambda m, n=name: f"{impl} {n}: {m} (seed {seed})")
+
+
+@pytest.mark.parametrize("impl", ["reference", "sdpa", "chunked", "triton", "auto"])
+def test_integer_and_mixed_dtypes_are_refused_naming_the_argument(impl):
+    (q, k, v, rel_h, rel_w), _ = _inputs(3, 4, dtype=torch.float32, grad=False)
+    with pytest.raises(ValueError, match=r"^q: expected a floating-point dtype, got int64$"):
+        AF.relative_attention_2d(q.long(), k.long(), v.long(), impl=impl)
+    with pytest.raises(ValueError, match=r"^v: expected a floating-point dtype, got int32$"):
+        AF.relative_attention_2d(q, k, v.int(), rel_h, rel_w, impl=impl)
+    with pytest.raises(ValueError, match=r"^k: expected the dtype of q \(float32\), got float64; "):
+        AF.relative_attention_2d(q, k.double(), v, rel_h, rel_w, impl=impl)
+    with pytest.raises(ValueError, match=r"^rel_w: expected the dtype of q \(float64\), got float32; "):
+        AF.relative_attention_2d(q.double(), k.double(), v.double(), rel_h.double(), rel_w, impl=impl)
+    with pytest.raises(ValueError, match=r"^rel_h: expected a floating-point dtype, got int64$"):
+        AF.relative_attention_probs(q, k, rel_h.long(), rel_w)
+
+
+def test_autocast_accepts_inputs_of_mixed_dtypes():
+    """Under autocast every input runs in the autocast dtype (AAConv2d passes bf16 q/k/v and float32 tables)."""
+    (q, k, v, rel_h, rel_w), _ = _inputs(3, 4, dtype=torch.float32, grad=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = AF.relative_attention_2d(q.bfloat16(), k.bfloat16(), v.bfloat16(), rel_h, rel_w, impl="sdpa")
+    assert out.dtype == torch.bfloat16

@@ -170,3 +170,53 @@ def test_kernels_compile_for_a_gpu_without_one():
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split() == ["compiled", "_fwd_kernel", "compiled", "_bwd_kv_kernel", "compiled",
                                    "_bwd_q_kernel"] * 2
+
+
+def _op_inputs(b=1, nh=2, h=3, w=5, dk=3, dv=2):
+    gen = torch.Generator().manual_seed(0)
+    n = h * w
+    shapes = [(b, nh, n, dk), (b, nh, n, dk), (b, nh, n, dv), (b, nh, n, h), (b, nh, n, w)]
+    return [torch.randn(s, generator=gen, device="cpu").to(DEVICE).requires_grad_() for s in shapes], h, w
+
+
+@pytest.mark.parametrize("tables", ["both", "rw", "none"])
+def test_triton_operator_passes_opcheck(tables):
+    """Schema, fake implementation, autograd registration and AOT tracing of the "triton" operator and of its
+    backward operator."""
+    (q, k, v, rh, rw), h, w = _op_inputs()
+    rh = rh if tables == "both" else None
+    rw = rw if tables in ("both", "rw") else None
+    torch.library.opcheck(torch.ops.aacn.triton_relative_attention, (q, k, v, rh, rw, 0.5, h, w))
+    out, lse = torch.ops.aacn.triton_relative_attention(q, k, v, rh, rw, 0.5, h, w)
+    detached = [t.detach() if t is not None else None for t in (q, k, v, rh, rw)]
+    torch.library.opcheck(torch.ops.aacn.triton_relative_attention_backward,
+                          (torch.randn_like(out), *detached, out.detach(), lse, 0.5, h, w))
+
+
+_TRACE_TRITON_OP = """
+import torch
+from torch.fx.experimental.proxy_tensor import make_fx
+from aacn.nn import triton_attention as TA
+
+h, w = 3, 5
+q, k, rh, rw = torch.randn(1, 2, 15, 4), torch.randn(1, 2, 15, 4), torch.randn(1, 2, 15, h), torch.randn(1, 2, 15, w)
+v = torch.randn(1, 2, 15, 2)
+fwd = make_fx(lambda *a: TA._forward(*a, 0.5, h, w), tracing_mode="fake")(q, k, v, rh, rw)
+out, lse = torch.empty(1, 2, 2, 15).transpose(-1, -2), torch.empty(2, 15)
+bwd = make_fx(lambda *a: TA._backward_kernels(*a, 0.5, h, w), tracing_mode="fake")(out, q, k, v, rh, rw, out, lse)
+for gm in (fwd, bwd):
+    print(sum("triton_kernel_wrapper_mutation" in str(n.target) for n in gm.graph.nodes))
+print(torch.ops.aacn.triton_relative_attention.default._schema)
+"""
+
+
+def test_with_compiled_kernels_the_operator_is_a_triton_op_that_traces_into_its_kernels():
+    """Outside the interpreter the operators are ``torch.library.triton_op``s whose bodies trace (on fake tensors,
+    no GPU needed) into graphs that hold the Triton kernels: one launch forward, two backward."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", _TRACE_TRITON_OP], capture_output=True, text=True, env=env,
+                          timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.split("\n")
+    assert lines[:2] == ["1", "2"], done.stdout
+    assert lines[2].startswith("aacn::triton_relative_attention("), done.stdout

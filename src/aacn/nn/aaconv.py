@@ -233,13 +233,11 @@ class AAConv2d(LazyModuleMixin, nn.Module):
         out = attn if self.conv is None else torch.cat([self.conv(x), attn], dim=1)
         return out if self.bn is None else self.bn(out)
 
-    @torch.compiler.disable
     def _attend(self, x: Tensor) -> Tensor:
         """The attention branch, MHA(X) projected by W^O: (B, in_channels, H, W) -> (B, dv, H', W').
 
-        It runs outside ``torch.compile`` graphs (a graph break; the convolution branch and the rest of the
-        network still compile): Inductor in PyTorch 2.11 fails to generate the backward of the folded attention
-        on CUDA (``CantSplit`` in its tiling), and the fused attention kernel gains nothing from compilation.
+        Traceable by ``torch.compile`` and ``torch.export`` for every ``attention_impl``: the hand-written kernels
+        are registered operators (see :mod:`aacn.nn.functional`), so a compiled model is one graph.
         """
         q, k, v, rel_h, rel_w = self._heads(x)
         b, nh, h, w, dvh = v.shape

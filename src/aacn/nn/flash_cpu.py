@@ -7,7 +7,7 @@ values ``[v, 0...]``, all zero-padded to one depth ``D`` (the CPU kernel needs e
 
 Those folded tensors are ``D / dkh`` times larger than q (``D = 88`` for dkh = 20 on a 32x32 grid), so keeping
 them for backward, as autograd around ``F.scaled_dot_product_attention`` would, dominates the layer's memory.
-:class:`FoldedFlashAttentionCPU` instead
+The operator ``aacn::folded_flash_attention_cpu`` (:func:`folded_flash_attention_cpu`) instead
 
 * runs the kernel over chunks of (batch x head) pairs, refilling the same preallocated buffers (the zero
   padding and one-hot columns are written once);
@@ -17,6 +17,11 @@ them for backward, as autograd around ``F.scaled_dot_product_attention`` would, 
   to q, k, v, ``rel_h``, ``rel_w`` by hand.
 
 Nothing ``(HW)^2``-sized is ever allocated and the kernel's forward is not recomputed.
+
+Both directions are registered operators (``torch.library.custom_op``) with fake implementations, and the
+backward operator is the forward's registered autograd formula: ``torch.compile`` and ``torch.export`` keep them
+whole in their graphs (opaque calls with known output shapes) instead of tracing into the chunk loop, and
+compiled graphs save exactly what eager saves.
 """
 
 from __future__ import annotations
@@ -24,17 +29,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from aacn.nn.positions import rel_index
+
 # PyTorch's own CPU flash-attention forward/backward ops (what F.scaled_dot_product_attention dispatches to).
 HAS_CPU_FLASH = hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward")
 if HAS_CPU_FLASH:
     _flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
     _flash_backward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
-
-
-def rel_index(n: int, device: torch.device | None = None) -> Tensor:
-    """``(n, n)`` long tensor ``idx[i, j] = j - i + n - 1``: row of a ``(2n-1, d)`` table for query i, key j."""
-    pos = torch.arange(n, device=device)
-    return pos[None, :] - pos[:, None] + (n - 1)
 
 
 class _Layout:
@@ -90,95 +91,143 @@ class _Layout:
             grid[..., d + self.cols_h : d + self.cols_h + self.w] = torch.einsum("pxyd,yjd->pxyj", qc, self.table_w)
 
 
-class FoldedFlashAttentionCPU(torch.autograd.Function):
-    """``apply(q, k, v, rel_h, rel_w, scale, pairs, dtype)`` -> (B, Nh, H, W, dvh); see the module docstring.
+def _lse_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Dtype of the kernel's log-sum-exp: float64 for float64, float32 otherwise."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+@torch.library.custom_op("aacn::folded_flash_attention_cpu", mutates_args=())
+def folded_flash_attention_cpu(
+    q: Tensor, k: Tensor, v: Tensor, rel_h: Tensor | None, rel_w: Tensor | None, scale: float, pairs: int,
+    dtype: torch.dtype,
+) -> tuple[Tensor, Tensor]:
+    """Forward: (B, Nh, H, W, dvh) output in ``dtype`` and the (B*Nh, 1, HW) log-sum-exp; see the module doc.
 
     ``pairs``: (batch x head) pairs per kernel call; ``dtype``: the kernel's dtype (the autocast dtype under
-    autocast). Inputs may be any dtype/strides; gradients come back in the inputs' dtypes.
+    autocast). Inputs may be any dtype and strides.
     """
+    with torch.autocast("cpu", enabled=False):
+        lay = _Layout(q, v, rel_h, rel_w, pairs, dtype)
+        qf, kf, vf = (t.reshape(lay.n, lay.h, lay.w, t.shape[-1]) for t in (q, k, v))
+        qb, kb, vb = lay.buffer(q.device), lay.key_buffer(q.device), lay.buffer(q.device)
+        out = torch.empty(lay.n, lay.h * lay.w, lay.dvh, dtype=dtype, device=q.device)
+        lse = torch.empty(lay.n, 1, lay.h * lay.w, dtype=_lse_dtype(dtype), device=q.device)
+        for i in range(0, lay.n, lay.pairs):
+            p = min(lay.pairs, lay.n - i)
+            lay.fill_query(qb[:p], qf[i : i + p])
+            lay.grid(kb[:p])[..., : lay.dkh] = kf[i : i + p]
+            lay.grid(vb[:p])[..., : lay.dvh] = vf[i : i + p]
+            o, l = _flash(qb[:p], kb[:p], vb[:p], 0.0, False, scale=scale)
+            out[i : i + p] = o[:, 0, :, : lay.dvh]
+            lse[i : i + p] = l
+    return out.view(*q.shape[:4], lay.dvh), lse
 
-    @staticmethod
-    def forward(ctx, q, k, v, rel_h, rel_w, scale: float, pairs: int, dtype: torch.dtype):  # type: ignore[override]
-        with torch.autocast("cpu", enabled=False):
-            lay = _Layout(q, v, rel_h, rel_w, pairs, dtype)
-            qf, kf, vf = (t.reshape(lay.n, lay.h, lay.w, t.shape[-1]) for t in (q, k, v))
-            qb, kb, vb = lay.buffer(q.device), lay.key_buffer(q.device), lay.buffer(q.device)
-            out = torch.empty(lay.n, lay.h * lay.w, lay.dvh, dtype=dtype, device=q.device)
-            lse = []
-            for i in range(0, lay.n, lay.pairs):
-                p = min(lay.pairs, lay.n - i)
-                lay.fill_query(qb[:p], qf[i : i + p])
-                lay.grid(kb[:p])[..., : lay.dkh] = kf[i : i + p]
-                lay.grid(vb[:p])[..., : lay.dvh] = vf[i : i + p]
-                o, l = _flash(qb[:p], kb[:p], vb[:p], 0.0, False, scale=scale)
-                out[i : i + p] = o[:, 0, :, : lay.dvh]
-                lse.append(l)
-        out = out.view(*q.shape[:4], lay.dvh)
-        ctx.save_for_backward(q, k, v, rel_h, rel_w, out, torch.cat(lse))
-        ctx.config = (scale, pairs, dtype)
-        return out
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out):  # type: ignore[override]
-        q, k, v, rel_h, rel_w, out, lse = ctx.saved_tensors
-        scale, pairs, dtype = ctx.config
-        need_q, need_k, need_v, need_h, need_w = ctx.needs_input_grad[:5]
-        with torch.autocast("cpu", enabled=False):
-            lay = _Layout(q, v, rel_h, rel_w, pairs, dtype)
-            h, w, d, dvh = lay.h, lay.w, lay.dkh, lay.dvh
-            qf, kf, vf = (t.reshape(lay.n, h, w, t.shape[-1]) for t in (q, k, v))
-            of, gf = out.reshape(lay.n, h, w, dvh), grad_out.reshape(lay.n, h, w, dvh)
-            qb, vb, ob, gb = (lay.buffer(q.device) for _ in range(4))
-            kb = lay.key_buffer(q.device)
-            dq = torch.empty(qf.shape, dtype=q.dtype, device=q.device) if need_q else None
-            dk = torch.empty(kf.shape, dtype=k.dtype, device=k.device) if need_k else None
-            dv = torch.empty(vf.shape, dtype=v.dtype, device=v.device) if need_v else None
-            d_th = torch.zeros_like(lay.table_h) if need_h else None
-            d_tw = torch.zeros_like(lay.table_w) if need_w else None
-            for i in range(0, lay.n, lay.pairs):
-                p = min(lay.pairs, lay.n - i)
-                qc = qf[i : i + p]
-                lay.fill_query(qb[:p], qc)
-                lay.grid(kb[:p])[..., :d] = kf[i : i + p]
-                lay.grid(vb[:p])[..., :dvh] = vf[i : i + p]
-                lay.grid(ob[:p])[..., :dvh] = of[i : i + p]
-                lay.grid(gb[:p])[..., :dvh] = gf[i : i + p]
-                gq, gk, gv = _flash_backward(
-                    gb[:p], qb[:p], kb[:p], vb[:p], ob[:p], lse[i : i + p], 0.0, False, scale=scale
-                )
-                gq = gq.reshape(p, h, w, lay.depth)
-                if need_k:
-                    dk[i : i + p] = gk.reshape(p, h, w, lay.depth)[..., :d]
-                if need_v:
-                    dv[i : i + p] = gv.reshape(p, h, w, lay.depth)[..., :dvh]
+@folded_flash_attention_cpu.register_fake
+def _(q, k, v, rel_h, rel_w, scale, pairs, dtype):
+    b, nh, h, w, _ = q.shape
+    out = q.new_empty((b, nh, h, w, v.shape[-1]), dtype=dtype)
+    return out, q.new_empty((b * nh, 1, h * w), dtype=_lse_dtype(dtype))
+
+
+@torch.library.custom_op("aacn::folded_flash_attention_cpu_backward", mutates_args=())
+def folded_flash_attention_cpu_backward(
+    grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, rel_h: Tensor | None, rel_w: Tensor | None, out: Tensor,
+    lse: Tensor, scale: float, pairs: int, dtype: torch.dtype, needed: list[bool],
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients of q, k, v, rel_h, rel_w (contiguous, in the inputs' dtypes) from the saved compact state.
+
+    ``needed``: which of the five to compute; the others (and those of absent tables) come back as empty
+    tensors.
+    """
+    need_q, need_k, need_v, need_h, need_w = needed
+    need_h, need_w = need_h and rel_h is not None, need_w and rel_w is not None
+    with torch.autocast("cpu", enabled=False):
+        lay = _Layout(q, v, rel_h, rel_w, pairs, dtype)
+        h, w, d, dvh = lay.h, lay.w, lay.dkh, lay.dvh
+        qf, kf, vf = (t.reshape(lay.n, h, w, t.shape[-1]) for t in (q, k, v))
+        of, gf = out.reshape(lay.n, h, w, dvh), grad_out.reshape(lay.n, h, w, dvh)
+        qb, vb, ob, gb = (lay.buffer(q.device) for _ in range(4))
+        kb = lay.key_buffer(q.device)
+        dq = torch.empty(qf.shape, dtype=q.dtype, device=q.device) if need_q else None
+        dk = torch.empty(kf.shape, dtype=k.dtype, device=k.device) if need_k else None
+        dv = torch.empty(vf.shape, dtype=v.dtype, device=v.device) if need_v else None
+        d_th = torch.zeros_like(lay.table_h) if need_h else None
+        d_tw = torch.zeros_like(lay.table_w) if need_w else None
+        for i in range(0, lay.n, lay.pairs):
+            p = min(lay.pairs, lay.n - i)
+            qc = qf[i : i + p]
+            lay.fill_query(qb[:p], qc)
+            lay.grid(kb[:p])[..., :d] = kf[i : i + p]
+            lay.grid(vb[:p])[..., :dvh] = vf[i : i + p]
+            lay.grid(ob[:p])[..., :dvh] = of[i : i + p]
+            lay.grid(gb[:p])[..., :dvh] = gf[i : i + p]
+            gq, gk, gv = _flash_backward(
+                gb[:p], qb[:p], kb[:p], vb[:p], ob[:p], lse[i : i + p], 0.0, False, scale=scale
+            )
+            gq = gq.reshape(p, h, w, lay.depth)
+            if need_k:
+                dk[i : i + p] = gk.reshape(p, h, w, lay.depth)[..., :d]
+            if need_v:
+                dv[i : i + p] = gv.reshape(p, h, w, lay.depth)[..., :dvh]
+            if need_q:
+                dq[i : i + p] = gq[..., :d]
+            if lay.table_h is not None and (need_q or need_h):  # columns q . r^H: d/dq and d/dtable
+                g = gq[..., d : d + h].to(lay.table_h.dtype)
                 if need_q:
-                    dq[i : i + p] = gq[..., :d]
-                if lay.table_h is not None and (need_q or need_h):  # columns q . r^H: d/dq and d/dtable
-                    g = gq[..., d : d + h].to(lay.table_h.dtype)
-                    if need_q:
-                        dq[i : i + p] += torch.einsum("pxyj,xjd->pxyd", g, lay.table_h).to(dq.dtype)
-                    if need_h:
-                        d_th += torch.einsum("pxyj,pxyd->xjd", g, qc.to(d_th.dtype))
-                if lay.table_w is not None and (need_q or need_w):
-                    g = gq[..., d + lay.cols_h : d + lay.cols_h + w].to(lay.table_w.dtype)
-                    if need_q:
-                        dq[i : i + p] += torch.einsum("pxyj,yjd->pxyd", g, lay.table_w).to(dq.dtype)
-                    if need_w:
-                        d_tw += torch.einsum("pxyj,pxyd->yjd", g, qc.to(d_tw.dtype))
-            d_rel_h = _scatter_table(d_th, rel_h, h) if need_h else None
-            d_rel_w = _scatter_table(d_tw, rel_w, w) if need_w else None
-        shape = q.shape[:4]
-        return (
-            dq.view(*shape, d) if need_q else None,
-            dk.view(*shape, d) if need_k else None,
-            dv.view(*shape, dvh) if need_v else None,
-            d_rel_h,
-            d_rel_w,
-            None,
-            None,
-            None,
+                    dq[i : i + p] += torch.einsum("pxyj,xjd->pxyd", g, lay.table_h).to(dq.dtype)
+                if need_h:
+                    d_th += torch.einsum("pxyj,pxyd->xjd", g, qc.to(d_th.dtype))
+            if lay.table_w is not None and (need_q or need_w):
+                g = gq[..., d + lay.cols_h : d + lay.cols_h + w].to(lay.table_w.dtype)
+                if need_q:
+                    dq[i : i + p] += torch.einsum("pxyj,yjd->pxyd", g, lay.table_w).to(dq.dtype)
+                if need_w:
+                    d_tw += torch.einsum("pxyj,pxyd->yjd", g, qc.to(d_tw.dtype))
+        grads = (
+            dq.view(q.shape) if need_q else None,
+            dk.view(k.shape) if need_k else None,
+            dv.view(v.shape) if need_v else None,
+            _scatter_table(d_th, rel_h, h) if need_h else None,
+            _scatter_table(d_tw, rel_w, w) if need_w else None,
         )
+    return tuple(g if g is not None else q.new_empty(0) for g in grads)
+
+
+@folded_flash_attention_cpu_backward.register_fake
+def _(grad_out, q, k, v, rel_h, rel_w, out, lse, scale, pairs, dtype, needed):
+    inputs = (q, k, v, rel_h, rel_w)
+    return tuple(
+        torch.empty_like(t, memory_format=torch.contiguous_format) if need and t is not None else q.new_empty(0)
+        for need, t in zip(needed, inputs, strict=True)
+    )
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    q, k, v, rel_h, rel_w, scale, pairs, dtype = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, rel_h, rel_w, out, lse)
+    ctx.config = (scale, pairs, dtype)
+    ctx.mark_non_differentiable(lse)
+
+
+def _backward(ctx, grad_out, _grad_lse):
+    q, k, v, rel_h, rel_w, out, lse = ctx.saved_tensors
+    needed = list(ctx.needs_input_grad[:5])
+    grads = folded_flash_attention_cpu_backward(grad_out, q, k, v, rel_h, rel_w, out, lse, *ctx.config, needed)
+    return (*(g if need else None for g, need in zip(grads, needed, strict=True)), None, None, None)
+
+
+folded_flash_attention_cpu.register_autograd(_backward, setup_context=_setup_context)
+
+
+def flash_attention_cpu(
+    q: Tensor, k: Tensor, v: Tensor, rel_h: Tensor | None, rel_w: Tensor | None, scale: float, pairs: int,
+    dtype: torch.dtype,
+) -> Tensor:
+    """(B, Nh, H, W, dvh) relative attention through :func:`folded_flash_attention_cpu`, differentiable in q, k,
+    v and the tables (the backward is :func:`folded_flash_attention_cpu_backward`)."""
+    return folded_flash_attention_cpu(q, k, v, rel_h, rel_w, scale, pairs, dtype)[0]
 
 
 def _scatter_table(d_table: Tensor, rel: Tensor, size: int) -> Tensor:

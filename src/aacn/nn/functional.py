@@ -20,7 +20,8 @@ A ``None`` table drops its term. Implementations (``impl``):
   memory-efficient / cuDNN backends (never the math backend); memory ``O(B*Nh*HW*(dkh+H+W))``. CPU: the
   flash kernel over chunks of (batch x head) pairs, keeping only the compact output and log-sum-exp for
   backward (:mod:`aacn.nn.flash_cpu`); memory ``O(B*Nh*HW*dvh)`` plus a bounded chunk.
-* ``"chunked"`` -- pure PyTorch, any device and dtype: blocks of queries, recomputed in backward.
+* ``"chunked"`` -- PyTorch operations, any device and dtype: blocks of queries; only the output and the
+  log-sum-exp are saved, and backward recomputes each block's probabilities.
 * ``"triton"`` -- one Triton kernel that adds the relative logits inside a flash-attention loop, from compact
   ``(HW, H)`` / ``(HW, W)`` tables of ``q . r`` (:mod:`aacn.nn.triton_attention`): no folded or padded copies,
   memory ``O(B*Nh*HW*(dkh + dvh + H + W))``. CUDA only (or ``TRITON_INTERPRET=1`` on CPU, for testing);
@@ -32,9 +33,15 @@ A ``None`` table drops its term. Implementations (``impl``):
 
 FlexAttention is not used: it has no CPU backward, needs ``torch.compile`` to be memory-efficient, and its
 gradients of captured bias tables use atomic adds; the Triton kernel gets those gradients as register sums.
-On an H100 the reference, sdpa, chunked and auto impls matched the float64 reference (float32: relative error
-<= 1e-6 in outputs and all five gradients; bfloat16: <= 1.4e-2); ``"triton"`` was written after that and has
-been checked only by Triton's CPU interpreter (float32/float16).
+
+The memory-efficient implementations are registered operators in the ``aacn`` namespace, each with a fake
+(shape-only) implementation and a registered backward that is itself an operator:
+``torch.ops.aacn.folded_flash_attention_cpu`` (``"sdpa"`` on CPU), ``torch.ops.aacn.chunked_relative_attention``
+(``"chunked"``) and ``torch.ops.aacn.triton_relative_attention`` (``"triton"``; a ``torch.library.triton_op``
+where the kernels are compiled, so Inductor schedules them). ``"reference"`` and ``"sdpa"`` on CUDA are plain
+PyTorch. So ``torch.compile(..., fullgraph=True)`` and ``torch.export`` capture every implementation without a
+graph break, and the operators save for backward under compilation what they save in eager mode (nothing
+``(HW)^2``-sized).
 
 Every implementation is exact (equal up to floating-point rounding), differentiable in ``q, k, v, rel_h,
 rel_w``, and keeps softmax statistics in float32 under bf16/fp16 autocast.
@@ -71,8 +78,28 @@ _SDPA_DTYPES = {
 }
 
 
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _check_dtypes(q: Tensor, others: dict[str, Tensor | None]) -> None:
+    """Raise ``ValueError`` naming the argument for a non-floating dtype, or (outside autocast) a dtype that
+    differs from q's: the implementations would otherwise truncate, convert silently, or fail deep inside."""
+    for name, t in {"q": q, **others}.items():
+        if t is not None and not t.is_floating_point():
+            raise ValueError(f"{name}: expected a floating-point dtype, got {_dtype_name(t.dtype)}")
+    if torch.is_autocast_enabled(q.device.type):  # autocast runs every input in its own dtype
+        return
+    for name, t in others.items():
+        if t is not None and t.dtype != q.dtype:
+            raise ValueError(
+                f"{name}: expected the dtype of q ({_dtype_name(q.dtype)}), got {_dtype_name(t.dtype)}; "
+                f"convert the inputs to one dtype, or run under torch.autocast"
+            )
+
+
 def _check_inputs(q: Tensor, k: Tensor, v: Tensor | None, rel_h: Tensor | None, rel_w: Tensor | None) -> None:
-    """Raise ``ValueError`` naming the argument when shapes disagree with the contract."""
+    """Raise ``ValueError`` naming the argument when shapes or dtypes disagree with the contract."""
     if q.dim() != 5:
         raise ValueError(f"q: expected a 5-d tensor (B, Nh, H, W, dkh), got shape {tuple(q.shape)}")
     b, nh, h, w, dkh = q.shape
@@ -89,6 +116,7 @@ def _check_inputs(q: Tensor, k: Tensor, v: Tensor | None, rel_h: Tensor | None, 
                 f"{name}: expected shape (2*{size}-1, dkh) = ({2 * size - 1}, {dkh}) for a "
                 f"{h}x{w} grid with dkh={dkh}, got {tuple(table.shape)}"
             )
+    _check_dtypes(q, {"k": k, "v": v, "rel_h": rel_h, "rel_w": rel_w})
 
 
 def _scale(scale: float | None, dkh: int) -> float:
@@ -134,8 +162,9 @@ def relative_attention_2d(
         (B, Nh, H, W, dvh): for each query pixel, the attention-weighted sum of the values.
 
     Raises:
-        ValueError: for shapes that disagree (naming the argument), an unknown ``impl``, or ``"triton"`` where it
-            cannot run (no triton package, not a CUDA tensor, float64).
+        ValueError: naming the argument, for shapes that disagree, an integer dtype, or (outside autocast) a
+            dtype other than q's; for an unknown ``impl``; or for ``"triton"`` where it cannot run (no triton
+            package, not a CUDA tensor, float64).
     """
     _check_inputs(q, k, v, rel_h, rel_w)
     name = resolve_impl(impl, q)

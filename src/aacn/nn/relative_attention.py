@@ -13,11 +13,11 @@ followed by a softmax over all keys and a weighted sum of the values.
 * :func:`sdpa_attention` -- folds the relative terms into the query/key product (``H + W`` extra columns: the
   query gets ``q . r^H_(x'-x)`` for every key row ``x'`` and ``q . r^W_(y'-y)`` for every key column ``y'``,
   the key gets one-hot(``x'``) and one-hot(``y'``)) and runs a fused kernel: ``F.scaled_dot_product_attention``
-  restricted to its fused backends on CUDA, :class:`aacn.nn.flash_cpu.FoldedFlashAttentionCPU` on CPU. No
+  restricted to its fused backends on CUDA, the ``aacn::folded_flash_attention_cpu`` operator on CPU. No
   ``(HW)^2`` tensor is ever built.
-* :func:`chunked_attention` -- pure-PyTorch fallback for any device and dtype: exact attention over blocks of
-  queries, each block recomputed in the backward pass (activation checkpointing), so at most one
-  ``(B, Nh, block, HW)`` tensor is alive at a time.
+* :func:`chunked_attention` -- fallback for any device and dtype, written with PyTorch operations: exact
+  attention over blocks of queries; the backward recomputes each block's probabilities from the saved
+  log-sum-exp, so only a few ``(B, Nh, block, HW)`` tensors are alive at a time.
 
 Softmax statistics are always float32 (or float64 for float64 inputs), also under bf16/fp16 autocast.
 """
@@ -28,9 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.utils.checkpoint import checkpoint
 
-from aacn.nn.flash_cpu import HAS_CPU_FLASH, FoldedFlashAttentionCPU, rel_index
+from aacn.nn.flash_cpu import HAS_CPU_FLASH, flash_attention_cpu
+from aacn.nn.positions import rel_index
 
 # Fused SDPA backends only: the "math" backend would materialise (HW)^2 and is never allowed here.
 _FUSED_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION]
@@ -197,7 +197,7 @@ def sdpa_attention(
 
     On CPU the flash kernel runs over chunks of (batch x head) pairs with at most ``chunk_elements`` (default
     :data:`SDPA_CHUNK_ELEMENTS`) elements per folded tensor, and only the compact output and log-sum-exp are
-    kept for backward (:class:`aacn.nn.flash_cpu.FoldedFlashAttentionCPU`): the folded tensors are
+    kept for backward (the ``aacn::folded_flash_attention_cpu`` operator): the folded tensors are
     ``(dkh + H + W) / dkh`` times larger than q and would otherwise dominate the layer's memory.
     """
     if q.device.type != "cpu" or not HAS_CPU_FLASH:
@@ -205,7 +205,7 @@ def sdpa_attention(
     b, nh, h, w, dvh = v.shape
     chunk_elements = SDPA_CHUNK_ELEMENTS if chunk_elements is None else chunk_elements
     pairs = max(1, chunk_elements // (h * w * max(q.shape[-1] + h + w, dvh)))
-    return FoldedFlashAttentionCPU.apply(q, k, v, rel_h, rel_w, scale, pairs, compute_dtype(q, k, v))
+    return flash_attention_cpu(q, k, v, rel_h, rel_w, scale, pairs, compute_dtype(q, k, v))
 
 
 # ----------------------------------------------------------------------------------------------- chunked
@@ -233,19 +233,106 @@ def block_logits(
     return logits.to(softmax_dtype(logits.dtype)) * scale
 
 
-def _attend_block(
-    q_block: Tensor,
-    rows: Tensor,
-    cols: Tensor,
-    k: Tensor,
-    v_flat: Tensor,
-    rel_h: Tensor | None,
-    rel_w: Tensor | None,
-    scale: float,
-) -> Tensor:
-    logits = block_logits(q_block, rows, cols, k, rel_h, rel_w, scale)
-    probs = torch.softmax(logits.flatten(-2), dim=-1)
-    return torch.matmul(probs.to(compute_dtype(v_flat, q_block)), v_flat)
+def _blocks(n: int, block: int, device: torch.device):
+    """(start, stop, rows, cols) of consecutive blocks of ``block`` query positions on an ``n``-position grid."""
+    pos = torch.arange(n, device=device)
+    for start in range(0, n, block):
+        yield start, min(n, start + block), pos[start : start + block]
+
+
+@torch.library.custom_op("aacn::chunked_relative_attention", mutates_args=())
+def chunked_relative_attention(
+    q: Tensor, k: Tensor, v: Tensor, rel_h: Tensor | None, rel_w: Tensor | None, scale: float, block: int,
+    dtype: torch.dtype,
+) -> tuple[Tensor, Tensor]:
+    """Forward over blocks of ``block`` queries in ``dtype``: the (B, Nh, H, W, dvh) output and the (B, Nh, HW)
+    log-sum-exp of the scaled logits in the softmax dtype (all the backward needs besides the inputs)."""
+    b, nh, h, w, d = q.shape
+    n = h * w
+    with torch.autocast(q.device.type, enabled=False):
+        q, k, v = (t.to(dtype) for t in (q, k, v))
+        q_flat, v_flat = q.reshape(b, nh, n, d), v.reshape(b, nh, n, -1)
+        out = torch.empty(b, nh, n, v.shape[-1], dtype=dtype, device=q.device)
+        lse = torch.empty(b, nh, n, dtype=softmax_dtype(dtype), device=q.device)
+        for start, stop, idx in _blocks(n, block, q.device):
+            logits = block_logits(q_flat[:, :, start:stop], idx // w, idx % w, k, rel_h, rel_w, scale).flatten(-2)
+            lse[:, :, start:stop] = torch.logsumexp(logits, dim=-1)
+            probs = torch.exp(logits - lse[:, :, start:stop, None])
+            out[:, :, start:stop] = torch.matmul(probs.to(dtype), v_flat)
+    return out.view(b, nh, h, w, -1), lse
+
+
+@chunked_relative_attention.register_fake
+def _(q, k, v, rel_h, rel_w, scale, block, dtype):
+    b, nh, h, w, _ = q.shape
+    out = q.new_empty((b, nh, h, w, v.shape[-1]), dtype=dtype)
+    return out, q.new_empty((b, nh, h * w), dtype=softmax_dtype(dtype))
+
+
+@torch.library.custom_op("aacn::chunked_relative_attention_backward", mutates_args=())
+def chunked_relative_attention_backward(
+    grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, rel_h: Tensor | None, rel_w: Tensor | None, out: Tensor,
+    lse: Tensor, scale: float, block: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients of q, k, v, rel_h, rel_w (in their dtypes; an empty tensor for an absent table).
+
+    Each block's probabilities are recomputed from the saved log-sum-exp, so at most a few
+    ``(B, Nh, block, HW)`` tensors are alive at a time; the arithmetic is in the softmax dtype.
+    """
+    b, nh, h, w, d = q.shape
+    n, dt = h * w, lse.dtype
+    with torch.autocast(q.device.type, enabled=False):
+        qs, ks, vs, go, o = (t.to(dt).reshape(b, nh, n, -1) for t in (q, k, v, grad_out, out))
+        rh, rw = (t.to(dt) if t is not None else None for t in (rel_h, rel_w))
+        delta = (go * o).sum(-1, keepdim=True)  # (B, Nh, N, 1): sum_j p_ij dP_ij per query
+        dq, dk, dv, drh, drw = (torch.zeros(t.shape, dtype=dt, device=q.device) if t is not None else None
+                                for t in (qs, ks, vs, rh, rw))  # contiguous, as the fake implementation says
+        k_grid = ks.view(b, nh, h, w, d)
+        for start, stop, idx in _blocks(n, block, q.device):
+            rows, cols, qb = idx // w, idx % w, qs[:, :, start:stop]
+            logits = block_logits(qb, rows, cols, k_grid, rh, rw, scale).flatten(-2)
+            probs = torch.exp(logits - lse[:, :, start:stop, None])  # (B, Nh, P, N)
+            dv += torch.matmul(probs.transpose(-1, -2), go[:, :, start:stop])
+            dp = torch.matmul(go[:, :, start:stop], vs.transpose(-1, -2))
+            ds = probs.mul_(dp.sub_(delta[:, :, start:stop])).mul_(scale)  # d loss / d (unscaled logit)
+            dq[:, :, start:stop] = torch.matmul(ds, ks)
+            dk += torch.matmul(ds.transpose(-1, -2), qb)
+            grid = ds.view(b, nh, stop - start, h, w)
+            for table, grad, size, pos, axis in ((rh, drh, h, rows, -1), (rw, drw, w, cols, -2)):
+                if table is None:
+                    continue
+                index = rel_index(size, q.device)[pos]  # (P, size): table row of each query's offsets
+                g = grid.sum(axis)  # (B, Nh, P, size): logit gradient summed over the other grid axis
+                dq[:, :, start:stop] += torch.einsum("bnpx,pxd->bnpd", g, table[index])
+                grad.index_add_(0, index.flatten(), torch.einsum("bnpx,bnpd->pxd", g, qb).reshape(-1, d))
+    grads = [dq.view(q.shape).to(q.dtype), dk.view(k.shape).to(k.dtype), dv.view(v.shape).to(v.dtype)]
+    for grad, table in ((drh, rel_h), (drw, rel_w)):
+        grads.append(grad.to(table.dtype) if table is not None else q.new_empty(0))
+    return tuple(grads)
+
+
+@chunked_relative_attention_backward.register_fake
+def _(grad_out, q, k, v, rel_h, rel_w, out, lse, scale, block):
+    return tuple(torch.empty(t.shape, dtype=t.dtype, device=t.device) if t is not None else q.new_empty(0)
+                 for t in (q, k, v, rel_h, rel_w))
+
+
+def _chunked_setup_context(ctx, inputs, output) -> None:
+    q, k, v, rel_h, rel_w, scale, block, _ = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, rel_h, rel_w, out, lse)
+    ctx.config = (scale, block)
+    ctx.mark_non_differentiable(lse)
+
+
+def _chunked_backward(ctx, grad_out, _grad_lse):
+    q, k, v, rel_h, rel_w, out, lse = ctx.saved_tensors
+    grads = chunked_relative_attention_backward(grad_out, q, k, v, rel_h, rel_w, out, lse, *ctx.config)
+    present = (True, True, True, rel_h is not None, rel_w is not None)
+    return (*(g if keep else None for g, keep in zip(grads, present, strict=True)), None, None, None)
+
+
+chunked_relative_attention.register_autograd(_chunked_backward, setup_context=_chunked_setup_context)
 
 
 def chunked_attention(
@@ -257,24 +344,14 @@ def chunked_attention(
     scale: float,
     chunk_elements: int | None = None,
 ) -> Tensor:
-    """Exact attention over blocks of queries with activation checkpointing; returns (B, Nh, H, W, dvh).
+    """Exact attention over blocks of queries; returns (B, Nh, H, W, dvh) in the compute dtype.
 
-    ``chunk_elements`` bounds the size of one block's logits (default :data:`CHUNK_ELEMENTS`).
+    ``chunk_elements`` bounds the size of one block's logits (default :data:`CHUNK_ELEMENTS`). Forward and
+    backward are the operators ``aacn::chunked_relative_attention`` and its ``_backward``: only the output and
+    the log-sum-exp are saved, and the backward recomputes each block's probabilities from them.
     """
-    b, nh, h, w, d = q.shape
+    b, nh, h, w, _ = q.shape
     n = h * w
     chunk_elements = CHUNK_ELEMENTS if chunk_elements is None else chunk_elements
     block = max(1, min(n, chunk_elements // max(1, b * nh * n)))
-    q_flat = q.reshape(b, nh, n, d)
-    v_flat = v.reshape(b, nh, n, -1)
-    pos = torch.arange(n, device=q.device)
-    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, rel_h, rel_w))
-    outs = []
-    for start in range(0, n, block):
-        idx = pos[start : start + block]
-        args = (q_flat[:, :, start : start + block], idx // w, idx % w, k, v_flat, rel_h, rel_w, scale)
-        if grad and block < n:
-            outs.append(checkpoint(_attend_block, *args, use_reentrant=False))
-        else:
-            outs.append(_attend_block(*args))
-    return torch.cat(outs, dim=2).reshape(b, nh, h, w, -1)
+    return chunked_relative_attention(q, k, v, rel_h, rel_w, scale, block, compute_dtype(q, k, v))[0]

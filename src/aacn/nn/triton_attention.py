@@ -20,6 +20,10 @@ are 88 columns wide, 4.4x q). Here instead, per (batch, head) pair with ``N = H*
 Memory is ``O(B*Nh*HW*(dkh + dvh + H + W))``, nothing ``(HW)^2``-sized and no padded copies. The kernel needs
 CUDA tensors and the ``triton`` package (shipped with CUDA builds of PyTorch); with ``TRITON_INTERPRET=1`` Triton
 runs it on CPU tensors instead, slowly, which is how the test suite checks it without a GPU.
+
+Forward and backward are the operators ``aacn::triton_relative_attention`` and ``..._backward``: with compiled
+kernels ``torch.library.triton_op``s (Inductor sees and schedules the kernels), under the interpreter opaque
+custom ops with fake implementations. ``TRITON_INTERPRET`` is read when this module is imported.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import sys
 
 import torch
 from torch import Tensor
+from torch.library import wrap_triton
 
 from aacn.nn.relative_attention import compute_dtype, relative_logits
 
@@ -111,45 +116,105 @@ class _Launch:
         return (self.nh, self.n, self.h, self.w, self.dk, self.dv)
 
 
-class _RelativeAttentionTriton(torch.autograd.Function):
-    """``apply(q, k, v, rh, rw, scale, h, w)`` on (B, Nh, N, d) inputs -> (B, Nh, N, dvh); see the module doc."""
+def _forward_buffers(q: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    """Fresh output and log-sum-exp of the forward kernel. The output has (B, Nh, dvh, N) storage, the caller's
+    (B, Nh*dvh, H, W) layout, so merging heads costs no copy."""
+    b, nh, n, _ = q.shape
+    out = torch.empty(b, nh, v.shape[-1], n, dtype=q.dtype, device=q.device).transpose(-1, -2)
+    return out, torch.empty(b * nh, n, dtype=torch.float32, device=q.device)
 
-    @staticmethod
-    def forward(ctx, q, k, v, rh, rw, scale: float, h: int, w: int):  # type: ignore[override]
-        run = _Launch(q, v, rh, rw, h, w)
-        # (B, Nh, dvh, N) storage: the caller's (B, Nh*dvh, H, W) layout, so merging heads costs no copy.
-        out = torch.empty(run.b, run.nh, run.dv, run.n, dtype=q.dtype, device=q.device).transpose(-1, -2)
-        lse = torch.empty(run.b * run.nh, run.n, dtype=torch.float32, device=q.device)
-        tables = _present(rh, rw, q)
-        with _on_device(q):
-            _kernels()._fwd_kernel[run.grid(run.block_m)](
-                q, k, v, *tables, out, lse, *q.stride(), *k.stride(), *v.stride(), *tables[0].stride(),
-                *tables[1].stride(), *out.stride(), *run.sizes(), scale * _LOG2E, **run.meta,
-            )
-        ctx.save_for_backward(q, k, v, rh, rw, out, lse)
-        ctx.run, ctx.scale = run, scale
-        return out
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out):  # type: ignore[override]
-        q, k, v, rh, rw, out, lse = ctx.saved_tensors
-        run, scale = ctx.run, ctx.scale
-        grad_out = grad_out.to(q.dtype)
-        delta = (grad_out.float() * out.float()).sum(-1).reshape(run.b * run.nh, run.n)
-        # Contiguous (B, Nh, N, ·) gradients (the kernels write them so); a placeholder pointer for absent terms.
-        dq, dk, dv, drh, drw = (torch.empty(t.shape, dtype=t.dtype, device=t.device) if t is not None else None
-                                for t in (q, k, v, rh, rw))
-        tables = _present(rh, rw, q)
-        common = (
-            *q.stride(), *k.stride(), *v.stride(), *tables[0].stride(), *tables[1].stride(), *grad_out.stride(),
-            *run.sizes(), scale, scale * _LOG2E,
+def _forward(
+    q: Tensor, k: Tensor, v: Tensor, rh: Tensor | None, rw: Tensor | None, scale: float, h: int, w: int
+) -> tuple[Tensor, Tensor]:
+    """Forward kernel on (B, Nh, N, d) inputs in one dtype: the (B, Nh, N, dvh) output and the (B*Nh, N) float32
+    log-sum-exp (log2 units). ``rh``/``rw``: the compact relative logits (B, Nh, N, H) / (B, Nh, N, W) or None.
+
+    Registered as the operator ``aacn::triton_relative_attention`` (see :func:`_register`).
+    """
+    run = _Launch(q, v, rh, rw, h, w)
+    out, lse = _forward_buffers(q, v)
+    tables = _present(rh, rw, q)
+    with _on_device(q):
+        wrap_triton(_kernels()._fwd_kernel)[run.grid(run.block_m)](
+            q, k, v, *tables, out, lse, *q.stride(), *k.stride(), *v.stride(), *tables[0].stride(),
+            *tables[1].stride(), *out.stride(), *run.sizes(), scale * _LOG2E, **run.meta,
         )
-        inputs = (q, k, v, *tables, grad_out, lse, delta)
-        with _on_device(q):
-            _kernels()._bwd_kv_kernel[run.grid(run.block_n)](*inputs, dk, dv, *common, **run.meta)
-            _kernels()._bwd_q_kernel[run.grid(run.block_m)](*inputs, dq, *_present(drh, drw, dq), *common, **run.meta)
-        return dq, dk, dv, drh, drw, None, None, None
+    return out, lse
+
+
+def _backward_kernels(
+    grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, rh: Tensor | None, rw: Tensor | None, out: Tensor,
+    lse: Tensor, scale: float, h: int, w: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Backward kernels: contiguous gradients of q, k, v, ``rh``, ``rw`` (an empty tensor for an absent table)."""
+    run = _Launch(q, v, rh, rw, h, w)
+    grad_out = grad_out.to(q.dtype)
+    delta = (grad_out.float() * out.float()).sum(-1).reshape(run.b * run.nh, run.n)
+    dq, dk, dv = (torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (q, k, v))
+    drh, drw = (torch.empty(t.shape, dtype=t.dtype, device=t.device) if t is not None else None for t in (rh, rw))
+    tables = _present(rh, rw, q)
+    common = (
+        *q.stride(), *k.stride(), *v.stride(), *tables[0].stride(), *tables[1].stride(), *grad_out.stride(),
+        *run.sizes(), scale, scale * _LOG2E,
+    )
+    inputs = (q, k, v, *tables, grad_out, lse, delta)
+    with _on_device(q):
+        wrap_triton(_kernels()._bwd_kv_kernel)[run.grid(run.block_n)](*inputs, dk, dv, *common, **run.meta)
+        wrap_triton(_kernels()._bwd_q_kernel)[run.grid(run.block_m)](
+            *inputs, dq, *_present(drh, drw, dq), *common, **run.meta
+        )
+    empty = q.new_empty(0)
+    return dq, dk, dv, drh if drh is not None else empty, drw if drw is not None else empty.clone()
+
+
+def _register(name: str, fn, fake):
+    """``fn`` as the operator ``aacn::<name>``.
+
+    With compilable kernels it is a ``torch.library.triton_op``: ``torch.compile`` traces into it and sees the
+    Triton kernels themselves (through ``wrap_triton``), so Inductor schedules them inside its graph, and
+    ``torch.export`` keeps the operator as one call. Where Triton's CPU interpreter runs the kernels (or triton
+    is absent and they never run), it is an opaque ``torch.library.custom_op`` with the shape-only ``fake``: the
+    interpreter reads tensor memory directly, so its launches cannot be traced.
+    """
+    if HAS_TRITON and not _interpreting():
+        return torch.library.triton_op(f"aacn::{name}", fn, mutates_args=())
+    op = torch.library.custom_op(f"aacn::{name}", fn, mutates_args=())
+    op.register_fake(fake)
+    return op
+
+
+def _forward_fake(q, k, v, rh, rw, scale, h, w):
+    return _forward_buffers(q, v)
+
+
+def _backward_fake(grad_out, q, k, v, rh, rw, out, lse, scale, h, w):
+    return tuple(torch.empty(t.shape, dtype=t.dtype, device=t.device) if t is not None else q.new_empty(0)
+                 for t in (q, k, v, rh, rw))
+
+
+triton_relative_attention = _register("triton_relative_attention", _forward, _forward_fake)
+triton_relative_attention_backward = _register(
+    "triton_relative_attention_backward", _backward_kernels, _backward_fake
+)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    q, k, v, rh, rw, scale, h, w = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, rh, rw, out, lse)
+    ctx.config = (scale, h, w)
+    ctx.mark_non_differentiable(lse)
+
+
+def _backward(ctx, grad_out, _grad_lse):
+    q, k, v, rh, rw, out, lse = ctx.saved_tensors
+    grads = triton_relative_attention_backward(grad_out, q, k, v, rh, rw, out, lse, *ctx.config)
+    present = (True, True, True, rh is not None, rw is not None)
+    return (*(g if keep else None for g, keep in zip(grads, present, strict=True)), None, None, None)
+
+
+triton_relative_attention.register_autograd(_backward, setup_context=_setup_context)
 
 
 def triton_attention(
@@ -171,5 +236,5 @@ def triton_attention(
     # (B, Nh, N, ·) in the kernel's dtype: q, k, v and the compact tables RH (N x H) and RW (N x W)
     flat = [t.to(dtype).reshape(b, nh, h * w, t.shape[-1]) if t is not None else None
             for t in (q, k, v, *relative_logits(q, rel_h, rel_w))]
-    out = _RelativeAttentionTriton.apply(*flat, float(scale), h, w)  # (B, Nh, N, dvh)
+    out, _ = triton_relative_attention(*flat, float(scale), h, w)  # (B, Nh, N, dvh)
     return out.transpose(-1, -2).reshape(b, nh, dvh, h, w).permute(0, 1, 3, 4, 2)
