@@ -37,13 +37,16 @@ def tiny_cifar100(tmp_path_factory) -> Path:
 
 @pytest.fixture(autouse=True)
 def _one_thread(monkeypatch):
-    """One intra-op thread, here and in subprocesses, and no access to the user's data cache.
+    """A fixed intra-op thread count, here and in subprocesses, and no access to the user's data cache.
 
-    Tiny models gain nothing from more threads, OpenMP's busy waiting makes two threads erratic on a loaded
-    2-core machine, and runs compared bit for bit (resume tests) must use the same thread count.
+    One thread by default: tiny models gain nothing from more, OpenMP's busy waiting makes two threads erratic on a
+    loaded 2-core machine, and runs compared bit for bit (resume tests) must use the same thread count.
+    ``AACN_TEST_THREADS=2 python -m pytest`` runs the whole suite with two threads, to check that no test depends
+    on the thread count.
     """
     import torch
 
-    torch.set_num_threads(1)
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    threads = os.environ.get("AACN_TEST_THREADS", "1")
+    torch.set_num_threads(int(threads))
+    monkeypatch.setenv("OMP_NUM_THREADS", threads)
     monkeypatch.setenv("AACN_DATA", "/nonexistent-aacn-test-data")
