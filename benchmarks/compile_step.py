@@ -9,9 +9,11 @@ note on CPU). What is timed is :func:`aacn.train.step.train_step` itself, throug
 ``paper-sgd``, autocast and channels-last as ``aacn train`` uses them on the device).
 
 Each case first runs ``--warmup`` untimed steps (compilation happens there, and CUDA graphs are recorded), then
-``--repeats`` rounds of ``--steps`` timed steps; all cases are set up first and the rounds interleave them, so
-load from other processes on a shared machine hits every case alike. Reported: the median ms per step, the
-ratio AA / plain (same mode, same run) and the ratio to the same model's eager step.
+``--repeats`` rounds of ``--steps`` timed steps. On CPU all cases are set up first and the rounds interleave
+them, so load from other processes on a shared machine hits every case alike; on CUDA each case runs alone and
+is freed (with its compiled graphs) before the next, so memory does not add up and its peak is its own.
+Reported: the median ms per step, the ratio AA / plain (same mode, same run) and the ratio to the same model's
+eager step.
 
     python benchmarks/compile_step.py                  # CPU: narrow AA-WRN-28-10, batch 4, eager vs default
     python benchmarks/compile_step.py --device cuda    # WRN-28-10 full width, batch 512, bf16, all three modes
@@ -81,6 +83,7 @@ def measure(args: argparse.Namespace, device: torch.device) -> tuple[list[dict[s
     amp = amp_name(args.amp, device)
     channels_last = device.type == "cuda" if args.channels_last is None else args.channels_last
     todo, notes = cases(args.impls, args.modes, device)
+    interleave = device.type != "cuda"
     rows, benches = [], []
     for mode, impl in todo:
         name = f"{args.model} {'plain' if impl is None else 'paper ' + impl} {mode}"
@@ -89,6 +92,8 @@ def measure(args: argparse.Namespace, device: torch.device) -> tuple[list[dict[s
                "impl": impl, "mode": mode, "backend": None if mode == "eager" else args.backend,
                "model_kwargs": kwargs, "batch": args.batch, "amp": amp or "none", "channels_last": channels_last}
         rows.append(row)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
         try:
             bench = StepBench(args.model, kwargs, variant(mode, amp, channels_last, args.backend), batch=args.batch,
                               ctx=ctx)
@@ -101,9 +106,17 @@ def measure(args: argparse.Namespace, device: torch.device) -> tuple[list[dict[s
             print(f"  {name}: failed ({row['error']})", flush=True)
             continue
         row["params"] = bench.params
-        benches.append((row, bench))
         print(f"  {name}: ready ({bench.params:,} parameters, warm-up {row['warmup_s']:.1f} s)", flush=True)
-    for _ in range(args.repeats):
+        if interleave:
+            benches.append((row, bench))
+            continue
+        for _ in range(args.repeats):
+            row.setdefault("step_ms_each", []).append(1e3 * args.batch / bench.time(args.steps))
+        row["peak_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+        del bench
+        torch.compiler.reset()  # frees the compiled graphs (and CUDA-graph pools) of this case
+        torch.cuda.empty_cache()
+    for _ in range(args.repeats if interleave else 0):
         for row, bench in benches:
             row.setdefault("step_ms_each", []).append(1e3 * args.batch / bench.time(args.steps))
     for row in rows:
@@ -121,12 +134,13 @@ def measure(args: argparse.Namespace, device: torch.device) -> tuple[list[dict[s
 
 def print_table(rows: list[dict[str, Any]], notes: list[str]) -> None:
     print("\nms per training step (median over rounds); AA/plain: same mode, same run; vs eager: same model\n")
-    print("| model | width | attention | impl | mode | ms/step | AA/plain | vs eager | warm-up s |")
-    print("|---|---:|---|---|---|---:|---:|---:|---:|")
+    print("| model | width | attention | impl | mode | ms/step | AA/plain | vs eager | warm-up s | peak MiB |")
+    print("|---|---:|---|---|---|---:|---:|---:|---:|---:|")
     for r in rows:
         cells = [r["model"], str(r["base_width"] or "full"), r["attention"], r["impl"] or "-", r["mode"]]
-        cells += [f"{r[k]:{spec}}" if k in r else "-" for k, spec in (("step_ms", ".1f"), ("aa_over_plain", ".2f"),
-                                                                      ("over_eager", ".2f"), ("warmup_s", ".1f"))]
+        cells += [f"{r[k]:{spec}}" if k in r else "-" for k, spec in (
+            ("step_ms", ".1f"), ("aa_over_plain", ".2f"), ("over_eager", ".2f"), ("warmup_s", ".1f"),
+            ("peak_mib", ".0f"))]
         print("| " + " | ".join(cells) + " |" + (f" {r['error']}" if "error" in r else ""))
     for note in notes:
         print(f"\n{note}")
