@@ -78,6 +78,13 @@ def variant(mode: str, amp: str | None, channels_last: bool, backend: str) -> Va
     return Variant(mode, channels_last=channels_last, amp=amp, compile=True, compile_mode=mode, backend=backend)
 
 
+def _free(device: torch.device) -> None:
+    """Drop compiled graphs (and their CUDA-graph pools) of cases that are done, and cached CUDA memory."""
+    if device.type == "cuda":
+        torch.compiler.reset()
+        torch.cuda.empty_cache()
+
+
 def measure(args: argparse.Namespace, device: torch.device) -> tuple[list[dict[str, Any]], list[str]]:
     ctx = distributed.Context(device=device)
     amp = amp_name(args.amp, device)
@@ -104,6 +111,8 @@ def measure(args: argparse.Namespace, device: torch.device) -> tuple[list[dict[s
         except Exception as exc:  # one case that cannot compile must not cost the others
             row["error"] = f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
             print(f"  {name}: failed ({row['error']})", flush=True)
+            bench = None  # a bench whose warm-up failed is not kept
+            _free(device)
             continue
         row["params"] = bench.params
         print(f"  {name}: ready ({bench.params:,} parameters, warm-up {row['warmup_s']:.1f} s)", flush=True)
@@ -114,8 +123,7 @@ def measure(args: argparse.Namespace, device: torch.device) -> tuple[list[dict[s
             row.setdefault("step_ms_each", []).append(1e3 * args.batch / bench.time(args.steps))
         row["peak_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
         del bench
-        torch.compiler.reset()  # frees the compiled graphs (and CUDA-graph pools) of this case
-        torch.cuda.empty_cache()
+        _free(device)
     for _ in range(args.repeats if interleave else 0):
         for row, bench in benches:
             row.setdefault("step_ms_each", []).append(1e3 * args.batch / bench.time(args.steps))
