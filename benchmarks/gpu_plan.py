@@ -8,7 +8,8 @@ The plan, in order:
 1. ``cuda_check``: every attention implementation (``triton`` included where installed) against the float64
    reference on CUDA, as ``benchmarks/cuda_check.py`` does -> ``results/checks/cuda_check.json``;
 2. ``aa_step_time``: the training-step time of AA-WRN-28-10 with the paper's placement, once per attention
-   implementation, against the plain WRN-28-10 (``benchmarks/models.py``'s cases, batch 128, bf16,
+   implementation, against the plain WRN-28-10, each eager, under ``torch.compile`` and under
+   ``torch.compile(mode="reduce-overhead")`` (CUDA graphs) (``benchmarks/models.py``'s cases, batch 128, bf16,
    channels-last) -> ``results/checks/aa_step_time.json``;
 3. ``airbench94`` then ``airbench96`` (``aacn anchor``) on the same images -> ``results/anchors/<name>-seed0/``;
 4. the rows of Table 1, Table 2 (seed placement) and paper-cifar100 at the ``fast`` scale, in that order, seed
@@ -66,12 +67,13 @@ ESTIMATES: dict[str, Any] = {
     "epoch_s": {"wrn": 3.8, "resnet": 2.0},
     "attention_factor": {"seed": 1.1, "paper": 18.0 / 3.8},
     "cuda_check_s": 60.0,  # 5 shapes x 2 dtypes x 5 implementations, forward and backward
-    "aa_step_time_s": 150.0,  # 5 cases, each a fresh process: build, warm up, 20 timed steps
+    # 5 models x 3 modes, each a fresh process: build, warm up, 20 timed steps (30 s); compiling adds ~60 s
+    "aa_step_time_s": 5 * 30.0 + 10 * 60.0,
     "anchor_s": {"airbench94": 10.0, "airbench96": 60.0},  # airbench's own training time
     "anchor_extra_s": 40.0,  # data loading and conversion, airbench's warm-up, per-epoch and TTA evaluation
 }
 STEP_TIME = {"model": "wrn-28-10", "batch": 128, "steps": 20, "warmup": 5, "amp": "bf16", "channels_last": True,
-             "device": "cuda"}
+             "device": "cuda", "compile_modes": [None, "default", "reduce-overhead"]}  # None: eager
 
 
 @dataclass(frozen=True)
@@ -278,27 +280,35 @@ def cuda_check_record(path: Path) -> None:
 
 
 def step_time_record(path: Path) -> None:
-    """The plain WRN-28-10 and its paper-placement AA version per attention impl, each case a fresh process of
-    ``benchmarks/models.py``; step times and peak memory with their ratios to the plain network."""
+    """The plain WRN-28-10 and its paper-placement AA version per attention impl, each in every compile mode of
+    ``STEP_TIME`` and in a fresh process of ``benchmarks/models.py``; step times and peak memory with their
+    ratios to the plain network in the same mode (``*_ratio``) and to the same model eager (``step_s_vs_eager``)."""
     models = _load_benchmark("models")
     from aacn.nn.triton_attention import HAS_TRITON
 
     impls = ["auto", "sdpa", "chunked"] + (["triton"] if HAS_TRITON else [])
     rows = []
-    for impl in [None, *impls]:
-        kwargs = {} if impl is None else {"attention": "paper", "attention_impl": impl}
-        cfg = {"model": STEP_TIME["model"], "model_kwargs": kwargs, "batch": STEP_TIME["batch"],
-               "steps": STEP_TIME["steps"], "warmup": STEP_TIME["warmup"], "device": STEP_TIME["device"],
-               "amp": STEP_TIME["amp"], "channels_last": STEP_TIME["channels_last"], "threads": None}
-        print(f"step time: {STEP_TIME['model']} {'plain' if impl is None else 'paper ' + impl}", flush=True)
-        result = models.run_case(cfg)
-        result.pop("step_s_each", None)
-        rows.append({"attention": "none" if impl is None else "paper", "attention_impl": impl, **result})
-    plain = rows[0]
+    for mode in STEP_TIME["compile_modes"]:
+        for impl in [None, *impls]:
+            kwargs = {} if impl is None else {"attention": "paper", "attention_impl": impl}
+            cfg = {"model": STEP_TIME["model"], "model_kwargs": kwargs, "batch": STEP_TIME["batch"],
+                   "steps": STEP_TIME["steps"], "warmup": STEP_TIME["warmup"], "device": STEP_TIME["device"],
+                   "amp": STEP_TIME["amp"], "channels_last": STEP_TIME["channels_last"], "threads": None,
+                   "compile_mode": mode}
+            print(f"step time: {STEP_TIME['model']} {'plain' if impl is None else 'paper ' + impl} "
+                  f"{mode or 'eager'}", flush=True)
+            result = models.run_case(cfg)
+            result.pop("step_s_each", None)
+            rows.append({"attention": "none" if impl is None else "paper", "attention_impl": impl,
+                         "compile_mode": mode, **result})
     for row in rows:
+        plain = next(r for r in rows if r["attention_impl"] is None and r["compile_mode"] == row["compile_mode"])
+        eager = next(r for r in rows if r["attention_impl"] == row["attention_impl"] and r["compile_mode"] is None)
         for key in ("step_s", "peak_bytes"):
             if key in row and key in plain:
                 row[f"{key}_ratio"] = row[key] / plain[key]
+        if "step_s" in row and "step_s" in eager:
+            row["step_s_vs_eager"] = row["step_s"] / eager["step_s"]
     write_json(path, {"check": "aa_step_time", "settings": STEP_TIME, "rows": rows,
                       "provenance": environment(STEP_TIME["device"])})
 

@@ -74,7 +74,9 @@ def worker(cfg: dict[str, Any]) -> dict[str, Any]:
     if cfg.get("threads"):
         torch.set_num_threads(cfg["threads"])
     ctx = distributed.Context(device=device)
-    variant = Variant("case", channels_last=cfg["channels_last"], amp=cfg["amp"])
+    mode = cfg.get("compile_mode")  # None: eager; else torch.compile(mode=...) (warm-up steps compile)
+    variant = Variant("case", channels_last=cfg["channels_last"], amp=cfg["amp"], compile=mode is not None,
+                      compile_mode=mode or "default")
     bench = StepBench(cfg["model"], cfg["model_kwargs"], variant, batch=cfg["batch"], ctx=ctx)
     sync(device)
     setup = torch.cuda.memory_allocated(device) if device.type == "cuda" else _maxrss()

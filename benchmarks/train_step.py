@@ -51,12 +51,15 @@ CPU_WIDTHS = {"resnet34": 8, "wrn-28-10": 2}  # narrow defaults on CPU (full: Re
 
 @dataclass(frozen=True)
 class Variant:
-    """How a step runs: memory format, autocast dtype (None: float32) and torch.compile."""
+    """How a step runs: memory format, autocast dtype (None: float32) and torch.compile (with ``compile_mode``
+    and ``backend``; ``reduce-overhead`` on CUDA marks each step for CUDA graphs, as ``aacn train`` does)."""
 
     name: str
     channels_last: bool = False
     amp: str | None = None  # "bf16" | "fp16"
     compile: bool = False
+    compile_mode: str = "default"  # "default" | "reduce-overhead" | "max-autotune"
+    backend: str = "inductor"  # or e.g. "aot_eager" (no code generation: quick, for tests)
 
 
 def amp_name(amp: str, device: torch.device) -> str | None:
@@ -128,10 +131,13 @@ class StepBench:
         if ctx.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
             step_model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-        self.model = torch.compile(step_model) if variant.compile else step_model
+        mode = {} if variant.compile_mode == "default" else {"mode": variant.compile_mode}
+        self.model = torch.compile(step_model, backend=variant.backend, **mode) if variant.compile else step_model
+        cuda_graphs = variant.compile and variant.compile_mode == "reduce-overhead" and self.device.type == "cuda"
         self.learner = Learner(model=self.model, raw_model=model, optimizer=optimizer, scheduler=scheduler,
                                scaler=torch.amp.GradScaler(self.device.type, enabled=amp_dtype == torch.float16),
-                               criterion=nn.CrossEntropyLoss(), device=self.device, amp_dtype=amp_dtype)
+                               criterion=nn.CrossEntropyLoss(), device=self.device, amp_dtype=amp_dtype,
+                               cuda_graphs=cuda_graphs)
         self.model.train()
         self._batches = self._cycle()
         self.samples: list[float] = []  # images/s (all ranks together) of each timed repeat

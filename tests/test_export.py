@@ -70,3 +70,108 @@ def test_bad_requests_are_one_line_user_errors(model, tmp_path, monkeypatch):
     with pytest.raises(UserError, match=r"^exporting ONNX needs the packages onnx onnxscript: pip install onnx "):
         E.export_model(model, _images(1, 0), tmp_path / "m.onnx", format="onnx")
     assert not (tmp_path / "m.onnx").exists() and not (tmp_path / "m").exists()
+
+
+# ------------------------------------------------------------------------------------- aacn export RUN_DIR
+@pytest.fixture(scope="module")
+def aa_run(tiny_cifar10, tmp_path_factory):
+    """A finished one-epoch run of a tiny AA-WRN with the paper's placement."""
+    from aacn.config import RunConfig
+    from aacn.train import run
+
+    out = tmp_path_factory.mktemp("runs") / "aa"
+    run(RunConfig(model="wrn-10-1", epochs=1, subset=100, val_size=100, batch_size=50, lr=0.05,
+                  data_dir=str(tiny_cifar10), out=str(out), device="cpu", progress=False,
+                  model_kwargs={"base_width": 4, "attention": "paper", "num_heads": 2,
+                                "min_key_depth_per_head": 2}))
+    return out
+
+
+def _test_images(run_dir, n):
+    """The first ``n`` test images of the run's data, normalised as the run's training normalised them."""
+    from aacn.config import RunConfig
+    from aacn.data.augment import Normalizer
+    from aacn.data.cifar import load_cifar
+
+    config = RunConfig.load(run_dir / "config.json")
+    data = load_cifar(config.dataset, config.data_dir, val_size=config.val_size, split_seed=config.split_seed,
+                      subset=config.subset, progress=False)
+    return Normalizer(config.normalize, data.train.images)(data.test.images[:n])
+
+
+def test_aacn_export_pt2_equals_the_trained_model_on_test_images(aa_run, capsys):
+    import aacn
+    from aacn.cli import main
+
+    assert main(["export", str(aa_run)]) == 0
+    path = aa_run / "model.pt2"
+    out = capsys.readouterr().out
+    assert f"wrote {path}" in out and "torch.export.load" in out and "--normalize standard" in out
+    images = _test_images(aa_run, 5)
+    loaded = torch.export.load(path).module()
+    with torch.no_grad():
+        expected = aacn.load_model(aa_run)(images)
+    assert expected.shape == (5, 10)
+    torch.testing.assert_close(loaded(images), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(loaded(images[:1]), expected[:1], rtol=1e-5, atol=1e-5)  # any batch size
+
+
+def test_aacn_export_static_batch_and_out(aa_run, tmp_path, capsys):
+    from aacn.cli import main
+
+    path = tmp_path / "deploy" / "aa.pt2"
+    assert main(["export", str(aa_run), "--out", str(path), "--batch", "3"]) == 0
+    assert "N = 3 exactly" in capsys.readouterr().out
+    program = torch.export.load(path)
+    assert tuple(program.module()(_test_images(aa_run, 3)).shape) == (3, 10)
+    assert [tuple(n.meta["val"].shape) for n in program.graph.nodes if n.op == "placeholder"][-1] == (3, 3, 32, 32)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None or E._missing_onnx() is not None,
+                    reason="needs onnx, onnxscript and onnxruntime (pip install onnx onnxscript onnxruntime)")
+def test_aacn_export_onnx_equals_the_trained_model_on_test_images(aa_run, tmp_path, capsys):
+    import onnxruntime
+
+    import aacn
+    from aacn.cli import main
+
+    path = tmp_path / "model.onnx"
+    assert main(["export", str(aa_run), "--format", "onnx", "--out", str(path)]) == 0
+    assert "onnxruntime.InferenceSession" in capsys.readouterr().out
+    images = _test_images(aa_run, 4)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {session.get_inputs()[0].name: images.numpy()})
+    with torch.no_grad():
+        expected = aacn.load_model(aa_run)(images)
+    torch.testing.assert_close(torch.from_numpy(got), expected, rtol=1e-4, atol=1e-4)
+
+
+def _one_line_error(capsys, *words):
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and all(w in err for w in words), err
+
+
+def test_aacn_export_bad_requests_are_one_line(aa_run, tmp_path, capsys, monkeypatch):
+    from aacn.cli import main
+
+    bare = tmp_path / "bare"  # a run's config, no checkpoint
+    bare.mkdir()
+    (bare / "config.json").write_bytes((aa_run / "config.json").read_bytes())
+    assert main(["export", str(bare)]) == 2
+    _one_line_error(capsys, "no readable checkpoint")
+    assert not (bare / "model.pt2").exists()
+    assert main(["export", str(tmp_path / "nothing")]) == 2
+    _one_line_error(capsys, "not a run directory")
+    assert not (tmp_path / "nothing").exists()
+    with pytest.raises(SystemExit) as exited:  # argparse's own error: one line, exit 2
+        main(["export", str(aa_run), "--format", "tflite"])
+    assert exited.value.code == 2
+    _one_line_error(capsys, "--format", "tflite", "pt2", "onnx")
+    assert main(["export", str(aa_run), "--out", str(tmp_path)]) == 2  # a folder: checked before any work
+    _one_line_error(capsys, "--out", "is a folder")
+    assert main(["export", str(aa_run), "--batch", "0"]) == 2
+    _one_line_error(capsys, "--batch")
+    monkeypatch.setattr(E.importlib.util, "find_spec", lambda name: None)
+    assert main(["export", str(aa_run), "--format", "onnx"]) == 2
+    _one_line_error(capsys, "onnx onnxscript", "pip install")
+    assert not (aa_run / "model.onnx").exists()

@@ -1,4 +1,5 @@
-"""The ``aacn`` command line: ``train``, ``reproduce``, ``report``, ``sweep``, ``attention-maps``.
+"""The ``aacn`` command line: ``train``, ``evaluate``, ``export``, ``reproduce``, ``report``, ``sweep``,
+``attention-maps``, ``anchor``.
 
 ``python -m aacn ...`` and ``torchrun ... -m aacn train ...`` run the same code. Mistakes a user can make
 (bad flags, missing data, a run directory in the way) print one line and exit with code 2; set
@@ -15,6 +16,7 @@ from aacn import __version__
 from aacn.config import DATASETS, OPTIONS, RunConfig, config_from_args, flag_of
 from aacn.errors import OptionError, UserError
 from aacn.experiments import commands
+from aacn.export import FORMATS
 
 
 class _Parser(argparse.ArgumentParser):
@@ -52,6 +54,41 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+_LOAD_HINT = {
+    "pt2": "import aacn.nn, torch; program = torch.export.load({path!r}); logits = program.module()(images)",
+    "onnx": "import onnxruntime; s = onnxruntime.InferenceSession({path!r}); "
+            "logits = s.run(None, {{s.get_inputs()[0].name: images.numpy()}})[0]",
+}
+
+
+def _export(args: argparse.Namespace) -> int:
+    import torch
+
+    from aacn.data.cifar import NUM_CLASSES
+    from aacn.export import check_format, export_model
+    from aacn.files import check_output_file
+    from aacn.inference import load_model
+    from aacn.train.records import RunDir
+
+    if args.batch is not None and args.batch < 1:
+        raise UserError(f"--batch must be a positive number of images, got {args.batch}; or leave it out for any")
+    check_format(args.format)  # ONNX without its packages: refused before anything is loaded
+    run = RunDir(args.run_dir)
+    if not run.config_path.is_file():  # before --out's check, which would create the folder
+        raise UserError(f"{run.path} is not a run directory (no config.json); pass a folder written by 'aacn train'")
+    out = check_output_file(args.out or run.path / f"model.{args.format}", "--out")
+    config = RunConfig.load(run.config_path)
+    model = load_model(run.path)
+    example = torch.zeros(args.batch or 2, 3, 32, 32)  # the shape of CIFAR images; the values do not matter
+    path = export_model(model, example, out, args.format, dynamic_batch=args.batch is None)
+    batch = "any N" if args.batch is None else f"N = {args.batch} exactly"
+    print(f"wrote {path}: the {config.model} of {run.path} (newest checkpoint, eval mode) as {args.format}")
+    print(f"input: float32 (N, 3, 32, 32), {batch}, images normalised as the run trained (--normalize "
+          f"{config.normalize}, statistics of its training split); output: (N, {NUM_CLASSES[config.dataset]}) logits")
+    print(f"load: {_LOAD_HINT[args.format].format(path=str(path))}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="aacn", description="Attention-augmented convolutional networks on CIFAR.")
     parser.add_argument("--version", action="version", version=f"aacn {__version__}")
@@ -75,6 +112,18 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data-dir", help="where CIFAR lives (default: the run's --data-dir)")
     evaluate.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     evaluate.set_defaults(func=_evaluate)
+
+    export = sub.add_parser("export", help="write a trained run's model as a deployable file (pt2 or onnx)",
+                            description="Capture the model in a run's newest checkpoint, built from the run's "
+                                        "own config.json, in eval mode as one graph (torch.export) and write it "
+                                        "as a .pt2 program or an ONNX model (needs pip install onnx onnxscript).")
+    export.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by 'aacn train'")
+    export.add_argument("--format", default="pt2", choices=FORMATS,
+                        help="pt2: a torch.export program; onnx: an ONNX model (default pt2)")
+    export.add_argument("--out", help="the file to write (default RUN_DIR/model.pt2 or RUN_DIR/model.onnx)")
+    export.add_argument("--batch", type=int, default=None, metavar="N",
+                        help="accept batches of exactly N images (a static graph; default: any batch size)")
+    export.set_defaults(func=_export)
     commands.register(sub)
     return parser
 
