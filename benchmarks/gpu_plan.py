@@ -67,13 +67,18 @@ ESTIMATES: dict[str, Any] = {
     "epoch_s": {"wrn": 3.8, "resnet": 2.0},
     "attention_factor": {"seed": 1.1, "paper": 18.0 / 3.8},
     "cuda_check_s": 60.0,  # 5 shapes x 2 dtypes x 5 implementations, forward and backward
-    # 5 models x 3 modes, each a fresh process: build, warm up, 20 timed steps (30 s); compiling adds ~60 s
-    "aa_step_time_s": 5 * 30.0 + 10 * 60.0,
+    # 11 cases (STEP_TIME's), each a fresh process: build, warm up, 20 timed steps (30 s); compiling adds ~40 s
+    "aa_step_time_s": 11 * 30.0 + 5 * 40.0,
     "anchor_s": {"airbench94": 10.0, "airbench96": 60.0},  # airbench's own training time
     "anchor_extra_s": 40.0,  # data loading and conversion, airbench's warm-up, per-epoch and TTA evaluation
 }
 STEP_TIME = {"model": "wrn-28-10", "batch": 128, "steps": 20, "warmup": 5, "amp": "bf16", "channels_last": True,
-             "device": "cuda", "compile_modes": [None, "default", "reduce-overhead"]}  # None: eager
+             "device": "cuda",
+             # compile mode (None: eager) -> the attention impls measured in it (None: the plain network). Every
+             # impl runs eager; the compiled modes, which cost a compilation each, take the plain network, the
+             # default impl and triton (the kernel built for them).
+             "cases": {None: [None, "auto", "sdpa", "chunked", "triton"], "default": [None, "auto", "triton"],
+                       "reduce-overhead": [None, "auto", "triton"]}}
 
 
 @dataclass(frozen=True)
@@ -280,16 +285,17 @@ def cuda_check_record(path: Path) -> None:
 
 
 def step_time_record(path: Path) -> None:
-    """The plain WRN-28-10 and its paper-placement AA version per attention impl, each in every compile mode of
-    ``STEP_TIME`` and in a fresh process of ``benchmarks/models.py``; step times and peak memory with their
+    """The plain WRN-28-10 and its paper-placement AA version per attention impl, in the compile modes of
+    ``STEP_TIME["cases"]``, each in a fresh process of ``benchmarks/models.py``; step times and peak memory with their
     ratios to the plain network in the same mode (``*_ratio``) and to the same model eager (``step_s_vs_eager``)."""
     models = _load_benchmark("models")
     from aacn.nn.triton_attention import HAS_TRITON
 
-    impls = ["auto", "sdpa", "chunked"] + (["triton"] if HAS_TRITON else [])
     rows = []
-    for mode in STEP_TIME["compile_modes"]:
-        for impl in [None, *impls]:
+    for mode, impls in STEP_TIME["cases"].items():
+        for impl in impls:
+            if impl == "triton" and not HAS_TRITON:
+                continue
             kwargs = {} if impl is None else {"attention": "paper", "attention_impl": impl}
             cfg = {"model": STEP_TIME["model"], "model_kwargs": kwargs, "batch": STEP_TIME["batch"],
                    "steps": STEP_TIME["steps"], "warmup": STEP_TIME["warmup"], "device": STEP_TIME["device"],

@@ -82,3 +82,12 @@ def test_runs_without_a_checkpoint_or_config_are_one_line(tiny_run, tmp_path, ca
     assert main(["evaluate", str(bare), "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no readable checkpoint" in err
+
+
+def test_an_anchor_record_is_refused_in_one_line(tmp_path, capsys):
+    from aacn.cli import main
+
+    (tmp_path / "config.json").write_text(json.dumps({"kind": "anchor", "config": {"anchor": "airbench94"}}))
+    assert main(["evaluate", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "anchor record" in err and err.count("\n") == 1

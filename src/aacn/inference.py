@@ -25,6 +25,10 @@ __all__ = ["load_model", "evaluate_run"]
 def _run_config(run: RunDir) -> RunConfig:
     if not run.config_path.is_file():
         raise UserError(f"{run.path} is not a run directory (no config.json); pass a folder written by 'aacn train'")
+    stored = run.read_config()
+    if isinstance(stored, dict) and stored.get("kind") == "anchor":
+        raise UserError(f"{run.path} is an anchor record (a public baseline trained by its own code): it holds no "
+                        "aacn model; pass a folder written by 'aacn train'")
     return RunConfig.load(run.config_path)
 
 
