@@ -29,6 +29,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from aacn.nn.lse_autograd import register_lse_autograd
 from aacn.nn.positions import rel_index
 
 # PyTorch's own CPU flash-attention forward/backward ops (what F.scaled_dot_product_attention dispatches to).
@@ -203,22 +204,7 @@ def _(grad_out, q, k, v, rel_h, rel_w, out, lse, scale, pairs, dtype, needed):
     )
 
 
-def _setup_context(ctx, inputs, output) -> None:
-    q, k, v, rel_h, rel_w, scale, pairs, dtype = inputs
-    out, lse = output
-    ctx.save_for_backward(q, k, v, rel_h, rel_w, out, lse)
-    ctx.config = (scale, pairs, dtype)
-    ctx.mark_non_differentiable(lse)
-
-
-def _backward(ctx, grad_out, _grad_lse):
-    q, k, v, rel_h, rel_w, out, lse = ctx.saved_tensors
-    needed = list(ctx.needs_input_grad[:5])
-    grads = folded_flash_attention_cpu_backward(grad_out, q, k, v, rel_h, rel_w, out, lse, *ctx.config, needed)
-    return (*(g if need else None for g, need in zip(grads, needed, strict=True)), None, None, None)
-
-
-folded_flash_attention_cpu.register_autograd(_backward, setup_context=_setup_context)
+register_lse_autograd(folded_flash_attention_cpu, folded_flash_attention_cpu_backward, pass_needed=True)
 
 
 def flash_attention_cpu(

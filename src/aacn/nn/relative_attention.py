@@ -30,6 +30,7 @@ from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from aacn.nn.flash_cpu import HAS_CPU_FLASH, flash_attention_cpu
+from aacn.nn.lse_autograd import register_lse_autograd
 from aacn.nn.positions import rel_index
 
 # Fused SDPA backends only: the "math" backend would materialise (HW)^2 and is never allowed here.
@@ -317,22 +318,7 @@ def _(grad_out, q, k, v, rel_h, rel_w, out, lse, scale, block):
                  for t in (q, k, v, rel_h, rel_w))
 
 
-def _chunked_setup_context(ctx, inputs, output) -> None:
-    q, k, v, rel_h, rel_w, scale, block, _ = inputs
-    out, lse = output
-    ctx.save_for_backward(q, k, v, rel_h, rel_w, out, lse)
-    ctx.config = (scale, block)
-    ctx.mark_non_differentiable(lse)
-
-
-def _chunked_backward(ctx, grad_out, _grad_lse):
-    q, k, v, rel_h, rel_w, out, lse = ctx.saved_tensors
-    grads = chunked_relative_attention_backward(grad_out, q, k, v, rel_h, rel_w, out, lse, *ctx.config)
-    present = (True, True, True, rel_h is not None, rel_w is not None)
-    return (*(g if keep else None for g, keep in zip(grads, present, strict=True)), None, None, None)
-
-
-chunked_relative_attention.register_autograd(_chunked_backward, setup_context=_chunked_setup_context)
+register_lse_autograd(chunked_relative_attention, chunked_relative_attention_backward, config_args=2)
 
 
 def chunked_attention(

@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 from torch.library import wrap_triton
 
+from aacn.nn.lse_autograd import register_lse_autograd
 from aacn.nn.relative_attention import compute_dtype, relative_logits
 
 # triton is optional (CUDA builds of PyTorch ship it, the CPU build does not) and imported on first use.
@@ -199,22 +200,7 @@ triton_relative_attention_backward = _register(
 )
 
 
-def _setup_context(ctx, inputs, output) -> None:
-    q, k, v, rh, rw, scale, h, w = inputs
-    out, lse = output
-    ctx.save_for_backward(q, k, v, rh, rw, out, lse)
-    ctx.config = (scale, h, w)
-    ctx.mark_non_differentiable(lse)
-
-
-def _backward(ctx, grad_out, _grad_lse):
-    q, k, v, rh, rw, out, lse = ctx.saved_tensors
-    grads = triton_relative_attention_backward(grad_out, q, k, v, rh, rw, out, lse, *ctx.config)
-    present = (True, True, True, rh is not None, rw is not None)
-    return (*(g if keep else None for g, keep in zip(grads, present, strict=True)), None, None, None)
-
-
-triton_relative_attention.register_autograd(_backward, setup_context=_setup_context)
+register_lse_autograd(triton_relative_attention, triton_relative_attention_backward)
 
 
 def triton_attention(
