@@ -25,9 +25,7 @@ network's step, both compiled.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -37,7 +35,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_step import StepBench, Variant, amp_name  # noqa: E402
+from train_step import StepBench, Variant, amp_name, save_result  # noqa: E402
 
 from aacn.config import COMPILE_MODES  # noqa: E402
 from aacn.experiments.presets import SMOKE_ATTENTION  # noqa: E402
@@ -210,14 +208,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"{args.repeats} rounds of {args.steps} steps after {args.warmup} warm-up", flush=True)
     rows, notes = measure(args, device)
     print_table(rows, notes)
-    result = {"benchmark": "compile_step", "device": str(device), "torch": torch.__version__,
-              "cpus": os.cpu_count(), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-              "machine": platform.platform(), "args": vars(args), "load_average_before": load,
-              "load_average_after": os.getloadavg()[0], "notes": notes, "rows": rows}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"\nload average {load:.1f} before, {result['load_average_after']:.1f} after; wrote {out}")
+    result = {"benchmark": "compile_step", "device": str(device),
+              "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None, "args": vars(args),
+              "notes": notes, "rows": rows}
+    save_result(result, args.out, load)
     return result
 
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -44,7 +43,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_step import CPU_WIDTHS, StepBench, Variant, sync  # noqa: E402
+from train_step import CPU_WIDTHS, StepBench, Variant, save_result, sync  # noqa: E402
 
 from aacn.models import create_model  # noqa: E402
 from aacn.nn.functional import IMPLS  # noqa: E402
@@ -236,14 +235,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"batch {args.batch}, {args.steps} steps after {args.warmup} warm-up, {args.repeats} round(s)", flush=True)
     rows = measure(args, device)
     print_table(rows, device)
-    result = {"benchmark": "models", "device": str(device), "torch": torch.__version__, "cpus": os.cpu_count(),
-              "gpu": torch.cuda.get_device_name(device) if gpu else None, "machine": platform.platform(),
-              "args": {k: v for k, v in vars(args).items() if k != "worker"}, "load_average_before": load,
-              "load_average_after": os.getloadavg()[0], "rows": rows}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"\nload average {load:.1f} before, {result['load_average_after']:.1f} after; wrote {out}")
+    result = {"benchmark": "models", "device": str(device), "gpu": torch.cuda.get_device_name(device) if gpu else None,
+              "args": {k: v for k, v in vars(args).items() if k != "worker"}, "rows": rows}
+    save_result(result, args.out, load)
     return result
 
 

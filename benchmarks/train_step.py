@@ -40,6 +40,7 @@ from torch import nn
 from aacn.data.augment import Normalizer
 from aacn.data.cifar import Split
 from aacn.data.loader import DeviceLoader
+from aacn.files import write_json
 from aacn.models import create_model
 from aacn.train import distributed
 from aacn.train.recipes import build_optimizer
@@ -98,6 +99,16 @@ def synthetic_split(n: int, seed: int = 0) -> Split:
     g = torch.Generator().manual_seed(seed)
     return Split(torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g),
                  torch.randint(0, 10, (n,), generator=g))
+
+
+def save_result(result: dict[str, Any], out: str | Path, load_before: float) -> dict[str, Any]:
+    """Add the machine (torch, CPUs, platform, load average after) to ``result``, write it as strict JSON to ``out``
+    (atomically) and say so; returns ``result``."""
+    result.update({"torch": torch.__version__, "cpus": os.cpu_count(), "machine": platform.platform(),
+                   "load_average_before": load_before, "load_average_after": os.getloadavg()[0]})
+    write_json(out, result)
+    print(f"\nload average {load_before:.1f} before, {result['load_average_after']:.1f} after; wrote {out}")
+    return result
 
 
 def sync(device: torch.device) -> None:
@@ -333,11 +344,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"device {device}; torch {torch.__version__}; {os.cpu_count()} CPUs, {torch.get_num_threads()} threads; "
           f"load average {load_before[0]:.1f}; batch {args.batch} per process, {args.steps} steps x "
           f"{args.repeats} repeats after {args.warmup} warm-up", flush=True)
-    result: dict[str, Any] = {"benchmark": "train_step", "device": str(device), "torch": torch.__version__,
-                              "cpus": os.cpu_count(), "machine": platform.platform(),
+    result: dict[str, Any] = {"benchmark": "train_step", "device": str(device),
                               "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-                              "args": {k: v for k, v in vars(args).items() if k != "worker"},
-                              "load_average_before": load_before[0]}
+                              "args": {k: v for k, v in vars(args).items() if k != "worker"}}
     if args.distributed:
         rows = scaling(args, device)
         print(f"\nDDP scaling, {args.batch} images per process per step, variant "
@@ -360,13 +369,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"| {r['model']} | {r.get('base_width', 'full')} | {r['variant']} | {r['images_per_s']:.1f} | "
                   f"{r['ratio_vs_eager']:.2f}x | {peak} |")
         result["rows"] = rows
-    result["load_average_after"] = os.getloadavg()[0]
     name = "train_step_distributed" if args.distributed else "train_step"
-    out = Path(args.out or f"benchmarks/results/{name}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"\nload average {load_before[0]:.1f} before, {result['load_average_after']:.1f} after; wrote {out}")
-    return result
+    return save_result(result, args.out or f"benchmarks/results/{name}.json", load_before[0])
 
 
 if __name__ == "__main__":

@@ -91,7 +91,7 @@ def _restart_safe_store(world_size: int, timeout: datetime.timedelta) -> dist.St
 
     torchrun's c10d rendezvous shares one TCPStore across ``--max-restarts`` restarts, and the process group
     keys its rendezvous (gloo/NCCL addresses, barrier counters) the same way every time, so a restarted rank can
-    read a dead rank's address and fail or hang (PyTorch issue 135712). On one node the restart count is the
+    read a dead rank's address and fail or hang (pytorch/pytorch#135712). On one node the restart count is the
     same for every rank, so a per-restart key prefix isolates the groups. Across nodes it is not (each agent
     counts its own restarts): there we keep PyTorch's default and say how to avoid the problem. ``None`` means
     "let ``init_process_group`` use ``env://`` as usual".
@@ -101,7 +101,7 @@ def _restart_safe_store(world_size: int, timeout: datetime.timedelta) -> dist.St
     if os.environ.get("LOCAL_WORLD_SIZE") != str(world_size):
         if int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0 and os.environ.get("RANK") == "0":
             print("aacn: warning: multi-node torchrun --max-restarts may fail to re-form the group after a "
-                  "restart (PyTorch issue 135712); export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 before torchrun",
+                  "restart (pytorch/pytorch#135712); export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 before torchrun",
                   file=sys.stderr)
         return None
     store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size,
