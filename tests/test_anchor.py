@@ -83,6 +83,7 @@ class FakeTrainer:
 
     version = "0.1.8"
     device = torch.device("cpu")
+    precision = "fp32"
 
     def __init__(self):
         self.calls = []
@@ -105,7 +106,7 @@ def test_record_from_a_fake_training(tiny_cifar10, tmp_path):
     config = _strict(out / "config.json")
     assert config["kind"] == "anchor"
     assert config["config"] == {"anchor": "airbench94", "dataset": "cifar10", "seed": 3, "train_images": 500,
-                                "test_images": 200, "tta": True, "airbench": "0.1.8",
+                                "test_images": 200, "tta": True, "airbench": "0.1.8", "precision": "fp32",
                                 "data_dir": str(tiny_cifar10)}
     assert config["provenance"]["device"] == "cpu" and "torch" in config["provenance"]
     assert "data" in config
@@ -220,12 +221,12 @@ def test_missing_airbench_missing_cuda_and_unknown_anchor_are_one_line(tmp_path,
 
     monkeypatch.setattr(anchor_mod, "_airbench_spec", lambda: object())
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert main(["anchor", "airbench96", "--data-dir", str(tmp_path)]) == 2
+    assert main(["anchor", "airbench96", "--device", "cuda", "--data-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "no CUDA GPU" in err and "needs a CUDA GPU" in err
+    assert err.count("\n") == 1 and "no CUDA GPU" in err and "--device cpu" in err
 
-    assert main(["anchor", "airbench96", "--device", "cpu"]) == 2
-    assert "needs a CUDA GPU" in capsys.readouterr().err
+    assert main(["anchor", "airbench96", "--device", "tpu"]) == 2
+    assert "choose --device cuda, cpu or auto" in capsys.readouterr().err
     assert main(["anchor", "airbench96", "--device", "cuda:1"]) == 2
     assert "CUDA_VISIBLE_DEVICES=1" in capsys.readouterr().err
 

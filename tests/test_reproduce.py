@@ -25,8 +25,12 @@ def test_rows_and_seed_major_order():
     assert [label for label, _ in runs] == TABLE1 * 2
     assert [cfg.seed for _, cfg in runs] == [0] * 4 + [1] * 4
     assert [cfg.augment for _, cfg in runs[:4]] == [True, False, True, False]
-    assert [label for label, _ in preset("table2", "smoke")] == TABLE2
-    assert [label for label, _ in preset("paper-cifar100", "smoke")] == ["WRN-28-10", "AA-WRN-28-10"]
+    smoke = [label.replace("ResNet-34", "ResNet-34 (1/8 width)").replace("WRN-28-10", "WRN-28-10 (1/8 width)")
+             for label in TABLE2]
+    assert [label for label, _ in preset("table2", "smoke")] == smoke  # the width that trains is in the name
+    assert [label for label, _ in preset("paper-cifar100", "smoke")] == smoke[-3:-1]
+    assert [label for label, _ in preset("table2", "cpu")] == [
+        "ResNet-34 (1/4 width)", "AA-ResNet-34 (1/4 width)", "WRN-16-2", "AA-WRN-16-2", "AA-NRE-WRN-16-2"]
     assert len({run_slug(label, cfg.seed) for label, cfg in runs}) == 8
 
 
@@ -112,24 +116,27 @@ def test_reproduce_skips_finished_resumes_started_and_reports(tmp_path, monkeypa
     out = tmp_path / "t1"
     result = reproduce("table1", scale="smoke", seeds=2, out=out, log=lambda *a: None)
     assert len(calls) == 8 and not any(resume for _, resume in calls)
-    assert [r.label for r in result.rows] == TABLE1 and all(len(r.runs) == 2 for r in result.rows)
+    assert [r.label for r in result.rows] == [label for label, _ in preset("table1", "smoke")]
+    assert all(len(r.runs) == 2 for r in result.rows)
     assert "60.50 ± 0.71" in (out / "table1" / "report.md").read_text()  # seeds 0 and 1 -> 60 and 61
 
-    (out / "wrn-28-10-seed1" / "results.json").unlink()  # as if it was interrupted
+    (out / "wrn-28-10-1-8-width-seed1" / "results.json").unlink()  # as if it was interrupted
     calls.clear()
     reproduce("table1", scale="smoke", seeds=2, out=out, log=lambda *a: None)
-    assert calls == [("wrn-28-10-seed1", True)]
+    assert calls == [("wrn-28-10-1-8-width-seed1", True)]
 
     calls.clear()
     assert main(["reproduce", "table1", "--seeds", "2", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert calls == [] and "| ResNet-34 (no aug)" in printed and str(out / "table1" / "report.md") in printed
+    assert calls == [] and "| ResNet-34 (1/8 width) (no aug)" in printed and str(out / "table1" / "report.md") in printed
 
     calls.clear()  # Table 2 shares its plain rows with Table 1: only its attention rows train
     result = reproduce("table2", scale="smoke", seeds=2, out=out, log=lambda *a: None)
     assert sorted(calls) == sorted((f"{row}-seed-placement-seed{s}", False) for s in (0, 1)
-                                   for row in ("aa-resnet-34", "aa-wrn-28-10", "aa-nre-wrn-28-10"))
-    assert [r.label for r in result.rows] == TABLE2 and (out / "table2-seed" / "report.md").is_file()
+                                   for row in ("aa-resnet-34-1-8-width", "aa-wrn-28-10-1-8-width",
+                                               "aa-nre-wrn-28-10-1-8-width"))
+    assert [r.label for r in result.rows] == [label for label, _ in preset("table2", "smoke")]
+    assert (out / "table2-seed" / "report.md").is_file()
 
 
 def test_reproduce_refuses_stale_runs_unless_overwrite(tmp_path, monkeypatch, capsys):
@@ -138,7 +145,7 @@ def test_reproduce_refuses_stale_runs_unless_overwrite(tmp_path, monkeypatch, ca
     out = tmp_path / "runs"
     reproduce("table1", scale="smoke", out=out, log=lambda *a: None)
     calls.clear()
-    with pytest.raises(UserError, match=r"resnet-34-seed0 holds a finished run with other settings \(amp: "):
+    with pytest.raises(UserError, match=r"resnet-34-1-8-width-seed0 holds a finished run with other settings \(amp: "):
         reproduce("table1", scale="smoke", out=out, amp="none", log=lambda *a: None)
     assert calls == []  # refused before anything trained
     reproduce("table1", scale="smoke", out=out, device="cpu", progress=False, log=lambda *a: None)

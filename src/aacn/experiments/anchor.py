@@ -52,6 +52,7 @@ import torch
 
 from aacn.data import CifarData, Split, load_cifar, resolve_data_dir
 from aacn.errors import UserError
+from aacn.experiments.airbench_cpu import cpu_float32, import_airbench
 from aacn.files import atomic_write, check_output_dir, strict_json, write_json
 from aacn.provenance import environment
 
@@ -163,12 +164,18 @@ def _airbench_spec() -> Any:
 
 
 class AirbenchTrainer:
-    """airbench's own ``train94``/``train96``, unchanged, on CUDA. Build it with :func:`airbench_trainer`."""
+    """airbench's own ``train94``/``train96``, unchanged: on CUDA in fp16 as published, or on the CPU in float32
+    (:func:`aacn.experiments.airbench_cpu.cpu_float32`). Build it with :func:`airbench_trainer`."""
 
-    def __init__(self, module: Any, version: str) -> None:
+    def __init__(self, module: Any, version: str, device: str = "cuda", torchvision: str | None = None) -> None:
         self.airbench = module
         self.version = version
-        self.device = torch.device("cuda", 0)
+        self.device = torch.device("cuda", 0) if device == "cuda" else torch.device("cpu")
+        self.precision = "fp16" if device == "cuda" else "fp32"
+        self.torchvision = torchvision
+
+    def _runtime(self) -> contextlib.AbstractContextManager:
+        return cpu_float32(self.airbench.utils) if self.device.type == "cpu" else contextlib.nullcontext()
 
     def __call__(self, anchor: str, folder: Path, seed: int) -> AnchorOutcome:
         airbench = self.airbench
@@ -184,14 +191,15 @@ class AirbenchTrainer:
             if row is not None:
                 rows.append(row)
 
-        with _working_dir(folder):
+        with _working_dir(folder), self._runtime():
             utils.print_training_details = record
             try:
                 train(run=-1)  # airbench's warm-up: one step, so the timed run starts warm
                 torch.manual_seed(seed)
                 start = time.perf_counter()
                 model = train()
-                torch.cuda.synchronize()
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize()
                 wall = time.perf_counter() - start
             finally:
                 utils.print_training_details = logged
@@ -209,23 +217,31 @@ def check_anchor(name: str) -> None:
         raise UserError(f"unknown anchor {name!r}; choose one of {', '.join(ANCHORS)}")
 
 
+def _anchor_device(device: str) -> str:
+    """``"cuda"`` or ``"cpu"`` for ``--device``; ``auto`` is CUDA when there is a GPU, else the CPU."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device in ("cuda", "cuda:0", "cpu"):
+        return device.split(":")[0]
+    if device.startswith("cuda:"):
+        raise UserError(f"--device {device}: airbench places its data on cuda:0; choose the GPU with "
+                        f"CUDA_VISIBLE_DEVICES={device.split(':', 1)[1]} and --device cuda")
+    raise UserError(f"--device {device}: airbench runs on cuda (fp16, as published) or cpu (fp32); "
+                    "choose --device cuda, cpu or auto")
+
+
 def airbench_trainer(anchor: str, device: str = "auto") -> AirbenchTrainer:
-    """The real trainer, once airbench and a CUDA GPU are there; otherwise one :class:`UserError` naming the fix."""
-    needs = f"{anchor} runs airbench's own code, which is written for CUDA and fp16 and so needs a CUDA GPU"
-    if device not in ("auto", "cuda", "cuda:0"):
-        if device.startswith("cuda:"):
-            raise UserError(f"--device {device}: airbench places its data on cuda:0; choose the GPU with "
-                            f"CUDA_VISIBLE_DEVICES={device.split(':', 1)[1]} and --device cuda")
-        raise UserError(f"--device {device}: {needs}; run 'aacn anchor' with --device cuda on a CUDA machine")
+    """The real trainer once airbench (and, for ``cuda``, a CUDA GPU) is there; otherwise one :class:`UserError`
+    naming the fix. ``device``: ``auto`` (CUDA if available, else the CPU), ``cuda`` or ``cpu``."""
+    kind = _anchor_device(device)
     if _airbench_spec() is None:
-        raise UserError(f"airbench is not installed; on a CUDA machine run {INSTALL} ({needs})")
-    if not torch.cuda.is_available():
-        raise UserError(f"no CUDA GPU is available: {needs}; run 'aacn anchor' on a CUDA machine "
-                        f"(after {INSTALL})")
+        raise UserError(f"airbench is not installed; run {INSTALL}")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"no CUDA GPU is available for {anchor} with --device {device}; run it on a CUDA machine, "
+                        "or with --device cpu (fp32, slower)")
     try:
-        import airbench
-        import airbench.utils
-    except ImportError as exc:  # e.g. torchvision missing: airbench imports it
+        airbench, torchvision = import_airbench()
+    except ImportError as exc:
         raise UserError(f"importing airbench failed ({exc}); run {INSTALL}") from None
     from importlib import metadata
 
@@ -233,7 +249,7 @@ def airbench_trainer(anchor: str, device: str = "auto") -> AirbenchTrainer:
         version = metadata.version("airbench")
     except metadata.PackageNotFoundError:
         version = str(getattr(airbench, "__version__", "unknown"))
-    return AirbenchTrainer(airbench, version)
+    return AirbenchTrainer(airbench, version, kind, torchvision)
 
 
 # ---------------------------------------------------------------------------------------------- records
@@ -242,10 +258,13 @@ def default_out(anchor: str, seed: int) -> Path:
     return Path("runs") / "anchors" / f"{anchor}-seed{seed}"
 
 
-def anchor_config(anchor: str, data: CifarData, seed: int, airbench: str, data_dir: str | None) -> dict[str, Any]:
-    """The ``config`` of an anchor record: what decides its result, plus where the data came from."""
+def anchor_config(anchor: str, data: CifarData, seed: int, airbench: str, data_dir: str | None,
+                  precision: str = "fp16") -> dict[str, Any]:
+    """The ``config`` of an anchor record: what decides its result (``precision``: ``fp16`` on CUDA as
+    published, ``fp32`` on the CPU), plus where the data came from."""
     return {"anchor": anchor, "dataset": data.name, "seed": seed, "train_images": len(data.train) + len(data.val),
-            "test_images": len(data.test), "tta": True, "airbench": airbench, "data_dir": data_dir}
+            "test_images": len(data.test), "tta": True, "airbench": airbench, "precision": precision,
+            "data_dir": data_dir}
 
 
 def _read(path: Path) -> Any:
@@ -297,7 +316,8 @@ def run_anchor(
     stored = _stored_anchor_config(path)
     data = load_cifar(DATASET, data_dir, val_size=0)
     provenance_data = getattr(data, "provenance", None)
-    config = anchor_config(anchor, data, seed, trainer.version, str(resolve_data_dir(data_dir)))
+    precision = getattr(trainer, "precision", "fp16")
+    config = anchor_config(anchor, data, seed, trainer.version, str(resolve_data_dir(data_dir)), precision)
     if stored is not None and (path / "results.json").is_file() and not overwrite:
         _check_same_record(path, stored, config, provenance_data)
         log(f"{anchor} already finished: {path / 'results.json'}")
@@ -305,11 +325,14 @@ def run_anchor(
     for name in RECORD_FILES:
         (path / name).unlink(missing_ok=True)
 
-    provenance = environment(trainer.device, precision="fp16 (airbench)", compile=False)
+    provenance = environment(trainer.device, precision=f"{'float16' if precision == 'fp16' else 'float32'} (airbench)",
+                             compile=False)
+    if getattr(trainer, "torchvision", None):
+        provenance["torchvision"] = trainer.torchvision
     write_json(path / "config.json", {"kind": "anchor", "config": config, "provenance": provenance,
                                       "data": provenance_data})
-    log(f"{anchor}: training on {config['train_images']} {DATASET} images from {config['data_dir']}, "
-        f"seed {seed} -> {path}")
+    log(f"{anchor}: training on {config['train_images']} {DATASET} images from {config['data_dir']} "
+        f"({_data_label(provenance_data)}), seed {seed}, {trainer.device.type} {precision} -> {path}")
     with tempfile.TemporaryDirectory(prefix="aacn-anchor-") as tmp:
         write_airbench_data(data, tmp)
         outcome = trainer(anchor, Path(tmp), seed)
@@ -321,6 +344,11 @@ def run_anchor(
     log(f"{anchor}: {outcome.test_acc:.2f}% test{tta}, trained in {outcome.train_time_s:.1f} s "
         f"-> {path / 'results.json'}")
     return AnchorRun("trained", path, results)
+
+
+def _data_label(data: Any) -> str:
+    label = data.get("label") if isinstance(data, dict) else None
+    return str(label) if label else "data provenance unknown"
 
 
 def _stored_anchor_config(path: Path) -> Any:

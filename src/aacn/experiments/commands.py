@@ -47,7 +47,10 @@ def _reproduce(args: argparse.Namespace) -> int:
     overrides = given_options(args, _REPRODUCE_OPTIONS)
     overrides["compile"] = compile_default(args.compile, args.scale, overrides.get("device", "auto"))
     result = reproduce(args.table, scale=args.scale, seeds=args.seeds, placement=args.placement or "seed",
-                       attention_impl=args.attention_impl, out=args.out, overwrite=args.overwrite, **overrides)
+                       attention_impl=args.attention_impl, out=args.out, overwrite=args.overwrite,
+                       dry_run_only=args.dry_run, **overrides)
+    if result is None:
+        return 0
     print()
     print(result.markdown)
     print(f"\nreport: {', '.join(str(p) for p in result.files)}")
@@ -160,7 +163,8 @@ def _add_reproduce(subparsers: argparse._SubParsersAction) -> None:
                     "report.md, report.csv and learning_curves.png into OUT/<table>[-<placement>]/.")
     p.add_argument("table", choices=TABLES)
     p.add_argument("--scale", choices=SCALES, default="smoke",
-                   help="smoke: narrow models, 2-core CPU minutes; fast: one modern GPU; full: the replication's "
+                   help="smoke: narrow models on 5,000 images, a pipeline check; cpu: the study on two CPU cores "
+                        "(full split, narrow models, 10 epochs); fast: one modern GPU; full: the replication's "
                         "epochs (default smoke)")
     p.add_argument("--seeds", type=_positive_int, default=1, help="runs per row, seeds 0..N-1 (default 1)")
     p.add_argument("--placement", choices=PLACEMENTS,
@@ -168,6 +172,9 @@ def _add_reproduce(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--attention-impl", choices=IMPLS,
                    help="attention implementation of the attention rows (default auto; triton: CUDA only)")
     p.add_argument("--out", help="folder of the runs and the reports (default runs/<scale>)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print every run with its state (finished, started) or its training time estimated on this "
+                        "machine, and the total; train nothing")
     add_arguments(p, only=_REPRODUCE_OPTIONS)
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile every model (default: on for --scale fast on CUDA, else off)")

@@ -48,8 +48,8 @@ from aacn.experiments.labels import run_label
 from aacn.models import model_family
 from aacn.nn.functional import IMPLS
 
-__all__ = ["TABLES", "SCALES", "PLACEMENTS", "ROWS", "SCALE_SETTINGS", "SMOKE_ATTENTION", "Row", "preset",
-           "scale_settings", "run_slug", "run_folder", "report_folder"]
+__all__ = ["TABLES", "SCALES", "PLACEMENTS", "ROWS", "SCALE_SETTINGS", "SMOKE_ATTENTION", "ATTENTION_SETTINGS",
+           "SCALE_NOTES", "Row", "preset", "scale_settings", "run_slug", "run_folder", "report_folder"]
 
 RESNET, WRN = "resnet34", "wrn-28-10"
 PLACEMENT = "<placement>"  # stands for the table's placement in a row
@@ -115,6 +115,14 @@ ATTENTION_SETTINGS: dict[str, dict[str, Any]] = {
     "cpu": {"num_heads": 1, "min_key_depth_per_head": 4},
 }
 SMOKE_ATTENTION = ATTENTION_SETTINGS["smoke"]
+
+# What each scale's numbers can be used for, in a few words (the results page says it per scale).
+SCALE_NOTES: dict[str, str] = {
+    "smoke": "5,000 training images, one seed: it shows only that the pipeline runs, not the study's answer",
+    "cpu": "the full 45k/5k/10k split on two CPU cores, narrow networks, 10 epochs, seeds paired across rows",
+    "fast": "full-width networks, short GPU schedules",
+    "full": "the replication's protocol",
+}
 
 TABLES = tuple(ROWS)
 SCALES = ("smoke", "cpu", "fast", "full")

@@ -35,7 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from aacn.errors import UserError
-from aacn.experiments.presets import SCALES, preset
+from aacn.experiments.effects import effects_markdown, table_effects
+from aacn.experiments.presets import SCALE_NOTES, SCALES, preset
 from aacn.experiments.report import (
     METRICS,
     PROVENANCE_COLUMNS,
@@ -76,6 +77,8 @@ VIEWS: tuple[tuple[str, str, str], ...] = (
 MATCH_IGNORED = frozenset({"attention_impl"})
 
 NOT_RUN = "not run yet"
+# The order of the scale sections: the study's answer first, the pipeline check last.
+PAGE_ORDER = tuple(sorted(SCALES, key=lambda scale: scale == "smoke"))
 
 
 def match_key(config: dict[str, Any]) -> str:
@@ -225,10 +228,10 @@ class Page:
 def render(published: Published, *, allow_mixed_data: bool = False) -> Page:
     """The results page of ``published`` (deterministic: it depends on the records only)."""
     root = published.root.name or "results"
-    md = _intro(root)
+    md = _intro(root) + _summary(published, allow_mixed_data)
     figures: list[tuple[str, str, list[tuple[str, list[list[dict[str, Any]]]]]]] = []
     shown: list[ReportRow] = []
-    for scale in SCALES:
+    for scale in PAGE_ORDER:
         md += _scale_section(published, scale, allow_mixed_data, figures, shown)
     md += _anchors_section(published, root, shown)
     md += ["## Provenance of every run", ""]
@@ -253,6 +256,53 @@ def _intro(root: str) -> list[str]:
     ]
 
 
+def _summary(published: Published, allow_mixed: bool) -> list[str]:
+    """The answer first: per scale with runs, each table's paired effects in words, the plain rows against the
+    anchors on the same images, and the rows still missing."""
+    md = ["## Summary", ""]
+    scales = [scale for scale in PAGE_ORDER if published.runs[scale]]
+    if not scales:
+        return md + ["No run is published yet.", ""]
+    anchors = group_runs(published.anchors) if published.anchors else []
+    for scale in scales:
+        md += [f"**`{scale}` scale** ({SCALE_NOTES.get(scale, 'see its section')}):", ""]
+        tables, _ = _tables(published, scale, allow_mixed)
+        for t in tables:
+            rows = [r for r in t.rows if r.runs and not r.runs[0].is_anchor]
+            if not rows:
+                continue
+            missing = [r.label for r in t.rows if not r.runs]
+            effects = [f"{e.what} ({e.changed} − {e.baseline}): {e.verdict}" for e in table_effects(rows)]
+            found = "; ".join(effects) if effects else "; ".join(
+                f"{r.label} {_pct(r.stats['test_acc'])}" for r in rows)
+            md.append(f"- {t.title}: {found}." + (f" Not run yet: {', '.join(missing)}." if missing else ""))
+        plain = [r for t in tables for r in t.rows if r.runs and not r.runs[0].is_anchor
+                 and not r.label.startswith("AA-") and "(no aug)" not in r.label]
+        for row in {id(r): r for r in plain}.values():
+            for anchor in anchors:
+                gap = _gap(row, anchor)
+                if gap:
+                    md.append(f"- {row.label} {_pct(row.stats['test_acc'])} test against {anchor.label} "
+                              f"{_pct(anchor.stats['test_acc'])} on the same images: {gap}.")
+        md.append("")
+    return md
+
+
+def _pct(stat: Stat) -> str:
+    if stat.mean is None:
+        return "—"
+    return f"{stat.mean:.2f}%" + (f" ± {stat.std:.2f}" if stat.std is not None else "") + f" (n={stat.n})"
+
+
+def _gap(row: ReportRow, anchor: ReportRow) -> str | None:
+    """How far a row's mean test accuracy is below (or above) an anchor's, when both ran on the same test data."""
+    mine, theirs = row.stats["test_acc"].mean, anchor.stats["test_acc"].mean
+    if mine is None or theirs is None or data_text(row.runs[0]) != data_text(anchor.runs[0]):
+        return None
+    diff = mine - theirs
+    return f"{abs(diff):.2f} points {'below' if diff < 0 else 'above'} it"
+
+
 def _marked_table(rows: Sequence[ReportRow]) -> list[str]:
     """:func:`_row_table` with the data marks of its rows, then their footnotes."""
     marks, notes = data_marks(rows)
@@ -263,7 +313,7 @@ def _scale_section(published: Published, scale: str, allow_mixed: bool, figures:
                    ) -> list[str]:
     """The section of one scale: every table, then the runs that match no table row. Appends the learning-curve
     figures it links to ``figures`` and the rows with runs to ``shown`` (each once)."""
-    md = [f"## Scale `{scale}`", ""]
+    md = [f"## Scale `{scale}`", "", f"What it is: {SCALE_NOTES.get(scale, scale)}.", ""]
     tables, others = _tables(published, scale, allow_mixed)
     if not published.runs[scale]:
         md += [f"Nothing is published at the `{scale}` scale yet:", "",
@@ -277,6 +327,7 @@ def _scale_section(published: Published, scale: str, allow_mixed: bool, figures:
         if not trained:
             md += [f"Nothing is published for this table at the `{scale}` scale yet.", ""]
         md += _marked_table(t.rows)
+        md += effects_markdown(table_effects(t.rows))
         curves = _curves(t.rows)
         if curves:
             name = f"{scale}-{t.slug}.png"

@@ -43,6 +43,7 @@ from typing import Any
 
 from aacn.config import OPTIONS, RESUME_MUTABLE, RunConfig
 from aacn.errors import UserError
+from aacn.experiments.effects import effects_markdown, table_effects
 from aacn.experiments.labels import run_label
 from aacn.files import atomic_write, check_output_dir
 from aacn.train.records import RunDir
@@ -654,9 +655,11 @@ def report(
     rows = group_runs(records)
     table, notes = tabulate(rows, columns_for(rows, extended), mixed=mixed)
     prov = provenance_table(rows) if provenance else None
-    shown = "\n".join([table, "", *notes] if notes else [table]) + ("" if prov is None else "\n\n" + prov)
+    effects = effects_markdown(table_effects(rows))
+    shown = "\n".join([table, *([""] + notes if notes else []), *([""] + effects if effects else [])]).rstrip()
+    shown += "" if prov is None else "\n\n" + prov
     files = [out_dir / "report.md", out_dir / "report.csv"]
-    text, csv_text = _report_markdown(title, rows, table, notes, prov), rows_csv(rows)
+    text, csv_text = _report_markdown(title, rows, table, [*notes, *effects], prov), rows_csv(rows)
     atomic_write(files[0], lambda fh: fh.write(text))
     atomic_write(files[1], lambda fh: fh.write(csv_text))
     if curves:

@@ -18,11 +18,13 @@ from typing import Any
 
 from aacn.config import RunConfig
 from aacn.errors import UserError
+from aacn.experiments.estimate import Estimator, RunPlan, estimate_seconds, format_duration, load_average, plan_line
 from aacn.experiments.presets import preset, report_folder, run_folder
 from aacn.experiments.report import ReportResult, report
 from aacn.train.records import RunDir
 
-__all__ = ["default_out", "check_reuse", "train_or_resume", "train_all", "reproduce", "RERUN_HINT"]
+__all__ = ["default_out", "check_reuse", "train_or_resume", "train_all", "plan_runs", "dry_run", "reproduce",
+           "RERUN_HINT"]
 
 RERUN_HINT = "run the same command again to continue (finished runs are kept, the interrupted one resumes)"
 
@@ -93,6 +95,39 @@ def train_all(configs: list[RunConfig], *, overwrite: bool = False, log: Any = p
         raise
 
 
+def plan_runs(configs: list[RunConfig], labels: dict[str, str], estimator: Estimator | None = None
+              ) -> list[RunPlan]:
+    """Where each run stands (finished, started, new) and, for the unfinished, the estimated training time on
+    this machine (:mod:`aacn.experiments.estimate`); a folder with other settings is refused as training would
+    refuse it."""
+    estimator = estimator if estimator is not None else Estimator()
+    plans = []
+    for config in configs:
+        run_dir = check_reuse(config)
+        label = labels[config.out]
+        if run_dir.is_finished():
+            recorded = run_dir.read_results().get("train_time_s")
+            plans.append(RunPlan(label, config, "finished", 0.0,
+                                 recorded if isinstance(recorded, (int, float)) else None))
+            continue
+        done = len(run_dir.read_metrics()) if run_dir.has_started() else 0
+        plans.append(RunPlan(label, config, "started" if run_dir.has_started() else "new",
+                             estimate_seconds(estimator, config, from_epoch=min(done, config.epochs))))
+    return plans
+
+
+def dry_run(plans: list[RunPlan], title: str, log: Any = print) -> None:
+    """Print each run with its state or estimated time, then the totals; nothing trains."""
+    log(f"{title}: {len(plans)} runs (dry run: nothing trains; estimates timed on this machine, {load_average()})")
+    for i, plan in enumerate(plans, 1):
+        log(plan_line(i, plan))
+    todo = [p for p in plans if p.status != "finished"]
+    longest = max(todo, key=lambda p: p.seconds or 0.0, default=None)
+    log(f"total: {len(plans) - len(todo)} finished, {len(todo)} to train, est. "
+        f"{format_duration(sum(p.seconds or 0.0 for p in todo))}"
+        + (f" (longest: {longest.label}, {format_duration(longest.seconds)})" if longest else ""))
+
+
 def reproduce(
     table: str,
     *,
@@ -102,9 +137,10 @@ def reproduce(
     attention_impl: str | None = None,
     out: str | os.PathLike | None = None,
     overwrite: bool = False,
+    dry_run_only: bool = False,
     log: Any = print,
     **overrides: Any,
-) -> ReportResult:
+) -> ReportResult | None:
     """Train (or keep / resume) every run of ``preset(table, scale, ...)`` under ``out``, then report them.
 
     Args:
@@ -115,6 +151,8 @@ def reproduce(
         attention_impl: how the attention rows compute attention (default: each model's ``"auto"``).
         out: folder of the runs and the reports; default :func:`default_out`.
         overwrite: retrain runs whose folders hold other settings instead of refusing them.
+        dry_run_only: print each run with its state or estimated time and the total (:func:`dry_run`), train
+            nothing, return ``None``.
         log: where progress lines go.
         **overrides: other options for every run (``data_dir``, ``device``, ``amp``, ...).
 
@@ -125,11 +163,14 @@ def reproduce(
     runs = preset(table, scale, seeds=seeds, placement=placement, attention_impl=attention_impl, **overrides)
     configs = [config.replace(out=str(out_dir / run_folder(label, config))) for label, config in runs]
     labels = {config.out: label for (label, _), config in zip(runs, configs, strict=True)}
+    title = f"{table} ({scale} scale" + (f", {placement} placement)" if table == "table2" else ")")
+    if dry_run_only:
+        dry_run(plan_runs(configs, labels), title, log)
+        return None
     start = time.perf_counter()
     train_all(configs, overwrite=overwrite, log=log, heading=lambda i, c: (
         f"== {table} ({scale}) run {i}/{len(configs)}: {labels[c.out]}, seed {c.seed}"))
     elapsed = time.perf_counter() - start
-    title = f"{table} ({scale} scale" + (f", {placement} placement)" if table == "table2" else ")")
     result = report([c.out for c in configs], out_dir / report_folder(table, placement),
                     extended=table != "table1", title=title)
     log(f"{len(configs)} runs done in {elapsed / 60:.1f} min (this invocation)")

@@ -18,13 +18,14 @@ Their data are checked as ``aacn report`` checks them: points trained on differe
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from aacn.config import OPTIONS, SWEEP_KEYS, RunConfig, parse_value
+from aacn.config import OPTIONS, RESULT_NEUTRAL, SWEEP_KEYS, RunConfig, parse_value
 from aacn.errors import UserError
 from aacn.experiments.report import (
     BASIC_COLUMNS,
@@ -40,6 +41,7 @@ from aacn.experiments.report import (
 )
 from aacn.experiments.reproduce import train_all
 from aacn.files import atomic_write
+from aacn.train.progress import describe_attention
 from aacn.train.records import RunDir
 
 __all__ = ["parse_grid", "grid_points", "check_points", "summarize", "sweep"]
@@ -111,15 +113,21 @@ def check_points(points: Sequence[RunConfig]) -> None:
     from aacn.train.recipes import RECIPES
 
     train_sizes: dict[tuple, int] = {}
+    seen: dict[str, str] = {}  # what a point trains -> the first point that trains it
     for cfg in points:
         name = Path(cfg.out).name
         try:
             if cfg.recipe not in RECIPES:
                 raise UserError(f"recipe must be one of {', '.join(RECIPES)}, got {cfg.recipe!r}")
             with torch.device("meta"):
-                create_model(cfg.arch)
+                model = create_model(cfg.arch)
         except (UserError, ValueError) as exc:
             raise UserError(f"sweep point {name}: {exc}") from None
+        same = seen.setdefault(_trained(cfg, model), name)
+        if same != name:
+            layers = describe_attention(list(getattr(model, "attention_layers", [])))
+            raise UserError(f"sweep points {same} and {name} train the same model ({layers}) with the same "
+                            "settings; drop one of the values, or change the other options so they differ")
         if RunDir(cfg.out).is_finished():
             continue  # its data were checked when it trained
         split = (cfg.dataset, cfg.data_dir, cfg.val_size, cfg.split_seed)
@@ -135,6 +143,14 @@ def check_points(points: Sequence[RunConfig]) -> None:
         if cfg.batch_size > min(images, cfg.subset or images):
             raise UserError(f"sweep point {name}: batch_size={cfg.batch_size} is larger than the "
                             f"{min(images, cfg.subset or images)} training images")
+
+
+def _trained(cfg: RunConfig, model: Any) -> str:
+    """What a point trains: its result-affecting options, with the attention sizes (heads, kappa, upsilon, key
+    depth per head) replaced by the depths they resolve to in the built model."""
+    sizes = {"num_heads", "kappa", "upsilon", "min_key_depth_per_head"}
+    options = {k: getattr(cfg, k) for k in OPTIONS if k not in RESULT_NEUTRAL and k not in sizes}
+    return json.dumps([options, list(getattr(model, "attention_layers", []))], sort_keys=True, default=str)
 
 
 def summarize(run_dirs: Sequence[str | os.PathLike], keys: Sequence[str], out: str | os.PathLike,

@@ -41,7 +41,14 @@ from aacn.train.build import (
 )
 from aacn.train.checkpoint import Position, restore, training_state
 from aacn.train.evaluate import count_parameters, evaluate, flops_per_image
-from aacn.train.progress import EpochProgress, describe_attention, format_epoch, percent
+from aacn.train.progress import (
+    EpochProgress,
+    depth_overrides,
+    describe_attention,
+    describe_data,
+    format_epoch,
+    percent,
+)
 from aacn.train.resume import Start, check_same_config, prepare_run_dir
 from aacn.train.step import AgreedStop, EpochState, Learner, NonFiniteLoss, train_one_epoch
 from aacn.train.summary import epoch_row, summarize
@@ -166,6 +173,10 @@ def _announce(s: _Session) -> None:
     c, d, info = s.config, s.data, s.info
     _log(s.ctx, f"{c.model} on {c.dataset} ({len(d.train)} train / {len(d.val)} val / {len(d.test)} test): "
                 f"{info['params']:,} parameters, {describe_attention(info['attention_layers'])}")
+    _log(s.ctx, f"data: {describe_data(_data_provenance(d))}")
+    overrides = depth_overrides(info["attention_layers"], c.kappa, c.upsilon)
+    if overrides:
+        _log(s.ctx, overrides)
     _log(s.ctx, f"recipe {c.recipe}: {info['optimizer']}, global batch {c.batch_size} ({s.ctx.world_size} x "
                 f"{c.batch_size // s.ctx.world_size}), base lr {info['base_lr']:g}, weight decay "
                 f"{info['weight_decay']:g}; device {s.ctx.device}, amp {c.amp}, {c.epochs} epochs")

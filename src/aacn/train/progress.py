@@ -65,3 +65,32 @@ def describe_attention(layers: list[dict[str, Any]]) -> str:
         parts.append(f"{layer['name']} @ {h}x{w} (dk={layer['dk']}, dv={layer['dv']}, Nh={layer['num_heads']}"
                      f"{'' if layer.get('relative', True) else ', no rel'})")
     return f"{len(layers)} attention-augmented conv(s): " + ", ".join(parts)
+
+
+def describe_data(provenance: dict[str, Any] | None) -> str:
+    """The data's label in one line, said before training: official files, or which files are not."""
+    if not isinstance(provenance, dict) or not provenance.get("label"):
+        return "data of unknown origin (no integrity record)"
+    differing = provenance.get("differing_files") or []
+    if provenance["label"] == "official":
+        return "official files (every MD5 matches the published checksums)"
+    named = ", ".join(map(str, differing[:3])) + (", ..." if len(differing) > 3 else "")
+    return (f"not official: {len(differing)} file(s) differ from the published checksums ({named}); "
+            "accuracies are comparable with runs on the same images only")
+
+
+def depth_overrides(layers: list[dict[str, Any]], kappa: float, upsilon: float) -> str | None:
+    """One line naming the augmented layers whose key or value depth is not ``round(kappa * F_out)`` /
+    ``round(upsilon * F_out)`` up to a multiple of the heads (a minimum key depth per head, or at least one
+    value channel per head, decided it), or ``None`` when kappa and upsilon decide every depth."""
+    notes = []
+    for layer in layers:
+        f_out, heads = layer["out_channels"], layer["num_heads"]
+        for what, ratio, depth in (("dk", kappa, layer["dk"]), ("dv", upsilon, layer["dv"])):
+            asked = ratio * f_out
+            if abs(depth - asked) >= heads:
+                notes.append(f"{layer['name']} {what}={depth} (asked {asked:g} = {ratio:g} x {f_out})")
+    if not notes:
+        return None
+    return ("attention depths set by the per-head minimums, not by kappa/upsilon: " + "; ".join(notes)
+            + " (see --num-heads and --min-key-depth-per-head)")
