@@ -100,22 +100,23 @@ template <typename T>
 struct Kernel {
   using Vec = Vectorized<T>;
   static constexpr int64_t VL = Vec::size();
+  static constexpr int64_t R = 4;  // rows (queries or channels) blocked in registers
 
   const T* q;
   const T* k;
   const T* v;
   const T* rh;  // nullptr when absent
   const T* rw;
-  int64_t P, N, D, DV, H, W, Npad;
+  int64_t P, N, D, DV, H, W, Npad;  // Npad: N rounded up to 2 vectors (length of scratch rows)
   T scale;
 
   static inline Vec load(const T* p, int64_t n) {
-    return n >= VL ? Vec::loadu(p) : Vec::loadu(p, n);
+    return n >= VL ? Vec::loadu(p) : (n > 0 ? Vec::loadu(p, n) : Vec(T(0)));
   }
   static inline void store(T* p, const Vec& x, int64_t n) {
     if (n >= VL) {
       x.store(p);
-    } else {
+    } else if (n > 0) {
       x.store(p, n);
     }
   }
@@ -126,57 +127,116 @@ struct Kernel {
     return at::vec::vec_reduce_all<T>([](Vec& a, Vec& b) { return at::vec::maximum(a, b); }, x);
   }
 
-  // y[0:n) = (init ? y[0:n) : 0) + sum_c coef[c] * M[c*ldm + 0:n); rows of M are read only up to n.
-  // Full vectors are written when `full` (scratch rows of length Npad), else exactly n values.
-  static void combine(T* y, bool init, const T* coef, const T* M, int64_t ldm, int64_t C, int64_t n, bool full) {
-    for (int64_t j = 0; j < n; j += VL) {
-      const int64_t cnt = std::min<int64_t>(VL, n - j);
-      Vec acc = init ? load(y + j, full ? VL : cnt) : Vec(T(0));
-      int64_t c = 0;
-      for (; c + 1 < C; c += 2) {  // two independent FMA chains
-        acc = at::vec::fmadd(Vec(coef[c]), load(M + c * ldm + j, cnt), acc);
-        acc = at::vec::fmadd(Vec(coef[c + 1]), load(M + (c + 1) * ldm + j, cnt), acc);
+  // One 2-vector column chunk [j, j + 2 VL) of gemm_rows; TAIL: partial (n - j < 2 VL).
+  template <int NR, bool TAIL>
+  static inline void gemm_chunk(T* Y, int64_t ldy, bool init, bool full, const T* coef, int64_t crs, int64_t ccs,
+                                const T* M, int64_t ldm, int64_t C, int64_t n, int64_t j) {
+    const int64_t c0 = TAIL ? n - j : VL, c1 = TAIL ? n - j - VL : VL;
+    const int64_t s0 = full ? VL : c0, s1 = full ? VL : c1;
+    Vec acc[NR][2];
+    for (int r = 0; r < NR; ++r) {
+      if (init) {
+        acc[r][0] = TAIL ? load(Y + r * ldy + j, s0) : Vec::loadu(Y + r * ldy + j);
+        acc[r][1] = TAIL ? load(Y + r * ldy + j + VL, s1) : Vec::loadu(Y + r * ldy + j + VL);
+      } else {
+        acc[r][0] = acc[r][1] = Vec(T(0));
       }
-      if (c < C) acc = at::vec::fmadd(Vec(coef[c]), load(M + c * ldm + j, cnt), acc);
-      store(y + j, acc, full ? VL : cnt);
+    }
+    for (int64_t c = 0; c < C; ++c) {
+      const T* m = M + c * ldm + j;
+      const Vec m0 = TAIL ? load(m, c0) : Vec::loadu(m);
+      const Vec m1 = TAIL ? load(m + VL, c1) : Vec::loadu(m + VL);
+      for (int r = 0; r < NR; ++r) {
+        const Vec cf(coef[r * crs + c * ccs]);
+        acc[r][0] = at::vec::fmadd(cf, m0, acc[r][0]);
+        acc[r][1] = at::vec::fmadd(cf, m1, acc[r][1]);
+      }
+    }
+    for (int r = 0; r < NR; ++r) {
+      if (TAIL) {
+        store(Y + r * ldy + j, acc[r][0], s0);
+        store(Y + r * ldy + j + VL, acc[r][1], s1);
+      } else {
+        acc[r][0].store(Y + r * ldy + j);
+        acc[r][1].store(Y + r * ldy + j + VL);
+      }
     }
   }
 
-  // out[c] = mult * sum_j a[j] * M[c*ldm + j] for c < C, j < n (a is a scratch row of length Npad whose lanes
-  // >= n are finite; M's are read as 0 there).
-  static void rowdots(const T* a, const T* M, int64_t ldm, int64_t C, int64_t n, T mult, T* out, int64_t out_stride) {
+  // Y[r, 0:n) = (init ? Y[r, 0:n) : 0) + sum_c coef[r*crs + c*ccs] * M[c*ldm + 0:n) for r < NR: NR rows share
+  // every load of M. Rows of M are read only up to n; with `full`, Y rows are scratch rows padded to Npad and
+  // whole vectors are written, else exactly n values.
+  template <int NR>
+  static void gemm_rows(T* Y, int64_t ldy, bool init, bool full, const T* coef, int64_t crs, int64_t ccs, const T* M,
+                        int64_t ldm, int64_t C, int64_t n) {
+    int64_t j = 0;
+    for (; j + 2 * VL <= n; j += 2 * VL) gemm_chunk<NR, false>(Y, ldy, init, full, coef, crs, ccs, M, ldm, C, n, j);
+    if (j < n) gemm_chunk<NR, true>(Y, ldy, init, full, coef, crs, ccs, M, ldm, C, n, j);
+  }
+
+  // gemm_rows for any number of rows (blocks of R).
+  static void gemm(T* Y, int64_t ldy, bool init, bool full, const T* coef, int64_t crs, int64_t ccs, const T* M,
+                   int64_t ldm, int64_t C, int64_t rows, int64_t n) {
+    int64_t r = 0;
+    for (; r + R <= rows; r += R) gemm_rows<R>(Y + r * ldy, ldy, init, full, coef + r * crs, crs, ccs, M, ldm, C, n);
+    switch (rows - r) {
+      case 3: gemm_rows<3>(Y + r * ldy, ldy, init, full, coef + r * crs, crs, ccs, M, ldm, C, n); break;
+      case 2: gemm_rows<2>(Y + r * ldy, ldy, init, full, coef + r * crs, crs, ccs, M, ldm, C, n); break;
+      case 1: gemm_rows<1>(Y + r * ldy, ldy, init, full, coef + r * crs, crs, ccs, M, ldm, C, n); break;
+      default: break;
+    }
+  }
+
+  // out[r*ors + c*ocs] = mult[r] * sum_j A[r*lda + j] * M[c*ldm + j] for r < NR, c < C, j < n. A rows are
+  // scratch rows (whole vectors readable, finite beyond n); M is read as 0 beyond n. Two channels per pass.
+  template <int NR>
+  static void dots_rows(const T* A, int64_t lda, const T* M, int64_t ldm, int64_t C, int64_t n, const T* mult, T* out,
+                        int64_t ors, int64_t ocs) {
     int64_t c = 0;
-    for (; c + 4 <= C; c += 4) {
-      const T* m0 = M + c * ldm;
-      Vec a0(T(0)), a1(T(0)), a2(T(0)), a3(T(0));
+    for (; c < C; c += 2) {
+      const bool two = c + 1 < C;
+      const T* m0p = M + c * ldm;
+      const T* m1p = two ? m0p + ldm : m0p;
+      Vec acc[NR][2];
+      for (int r = 0; r < NR; ++r) acc[r][0] = acc[r][1] = Vec(T(0));
       for (int64_t j = 0; j < n; j += VL) {
-        const int64_t cnt = std::min<int64_t>(VL, n - j);
-        const Vec av = Vec::loadu(a + j);
-        a0 = at::vec::fmadd(av, load(m0 + j, cnt), a0);
-        a1 = at::vec::fmadd(av, load(m0 + ldm + j, cnt), a1);
-        a2 = at::vec::fmadd(av, load(m0 + 2 * ldm + j, cnt), a2);
-        a3 = at::vec::fmadd(av, load(m0 + 3 * ldm + j, cnt), a3);
+        const int64_t cnt = n - j;
+        const Vec m0 = load(m0p + j, cnt), m1 = load(m1p + j, cnt);
+        for (int r = 0; r < NR; ++r) {
+          const Vec a = Vec::loadu(A + r * lda + j);
+          acc[r][0] = at::vec::fmadd(a, m0, acc[r][0]);
+          acc[r][1] = at::vec::fmadd(a, m1, acc[r][1]);
+        }
       }
-      out[c * out_stride] = mult * hsum(a0);
-      out[(c + 1) * out_stride] = mult * hsum(a1);
-      out[(c + 2) * out_stride] = mult * hsum(a2);
-      out[(c + 3) * out_stride] = mult * hsum(a3);
-    }
-    for (; c < C; ++c) {
-      const T* m0 = M + c * ldm;
-      Vec a0(T(0));
-      for (int64_t j = 0; j < n; j += VL) {
-        const int64_t cnt = std::min<int64_t>(VL, n - j);
-        a0 = at::vec::fmadd(Vec::loadu(a + j), load(m0 + j, cnt), a0);
+      for (int r = 0; r < NR; ++r) {
+        out[r * ors + c * ocs] = mult[r] * hsum(acc[r][0]);
+        if (two) out[r * ors + (c + 1) * ocs] = mult[r] * hsum(acc[r][1]);
       }
-      out[c * out_stride] = mult * hsum(a0);
     }
   }
 
-  // s[0:Npad) = scaled logits of query i of pair p (lanes >= N: -inf). coef: scratch of D values.
-  void logits(int64_t p, int64_t i, T* s, T* coef, T* rw_row) const {
+  static void dots(const T* A, int64_t lda, const T* M, int64_t ldm, int64_t C, int64_t rows, int64_t n, const T* mult,
+                   T* out, int64_t ors, int64_t ocs) {
+    int64_t r = 0;
+    for (; r + R <= rows; r += R) dots_rows<R>(A + r * lda, lda, M, ldm, C, n, mult + r, out + r * ors, ors, ocs);
+    switch (rows - r) {
+      case 3: dots_rows<3>(A + r * lda, lda, M, ldm, C, n, mult + r, out + r * ors, ors, ocs); break;
+      case 2: dots_rows<2>(A + r * lda, lda, M, ldm, C, n, mult + r, out + r * ors, ors, ocs); break;
+      case 1: dots_rows<1>(A + r * lda, lda, M, ldm, C, n, mult + r, out + r * ors, ors, ocs); break;
+      default: break;
+    }
+  }
+
+  // Rows s[iq] (iq < nq, stride Npad) = scaled logits of queries i0 + iq of pair p; lanes >= N are -inf.
+  // coef: scratch of nq * D values; rw_row: scratch of W values.
+  void logits(int64_t p, int64_t i0, int64_t nq, T* s, T* coef, T* rw_row) const {
     const T* qp = q + p * D * N;
-    if (rh != nullptr || rw != nullptr) {
+    const bool bias = rh != nullptr || rw != nullptr;
+    for (int64_t iq = 0; iq < nq; ++iq) {
+      const int64_t i = i0 + iq;
+      for (int64_t d = 0; d < D; ++d) coef[iq * D + d] = scale * qp[d * N + i];
+      if (!bias) continue;
+      T* row = s + iq * Npad;
       const T* rhi = rh != nullptr ? rh + (p * N + i) * H : nullptr;
       if (rw != nullptr) {
         const T* rwi = rw + (p * N + i) * W;
@@ -186,42 +246,45 @@ struct Kernel {
         const Vec bh(rhi != nullptr ? scale * rhi[x] : T(0));
         for (int64_t y = 0; y < W; y += VL) {
           const int64_t cnt = std::min<int64_t>(VL, W - y);
-          store(s + x * W + y, rw != nullptr ? bh + load(rw_row + y, cnt) : bh, cnt);
+          store(row + x * W + y, rw != nullptr ? bh + load(rw_row + y, cnt) : bh, cnt);
         }
       }
     }
-    for (int64_t d = 0; d < D; ++d) coef[d] = scale * qp[d * N + i];
-    combine(s, rh != nullptr || rw != nullptr, coef, k + p * D * N, N, D, N, true);
-    for (int64_t j = N; j < Npad; ++j) s[j] = -std::numeric_limits<T>::infinity();
+    gemm(s, Npad, bias, true, coef, D, 1, k + p * D * N, N, D, nq, N);
+    for (int64_t iq = 0; iq < nq; ++iq) {
+      std::fill(s + iq * Npad + N, s + (iq + 1) * Npad, -std::numeric_limits<T>::infinity());
+    }
   }
 
   void forward(T* out, T* lse) const {
-    constexpr int64_t kBlock = 32;  // queries per parallel task
+    constexpr int64_t kBlock = 16;  // queries per parallel task and per logits() call
     const int64_t blocks = (N + kBlock - 1) / kBlock;
     at::parallel_for(0, P * blocks, 1, [&](int64_t begin, int64_t end) {
-      std::vector<T> scratch(Npad + D + DV + W + VL);
+      std::vector<T> scratch(kBlock * Npad + kBlock * D + 2 * kBlock + W + VL);
       T* s = scratch.data();
-      T* coef = s + Npad;
-      T* o = coef + D;
-      T* rw_row = o + DV;
+      T* coef = s + kBlock * Npad;
+      T* inv = coef + kBlock * D;
+      T* rw_row = inv + kBlock;
       for (int64_t task = begin; task < end; ++task) {
-        const int64_t p = task / blocks, i0 = (task % blocks) * kBlock, i1 = std::min(N, i0 + kBlock);
-        for (int64_t i = i0; i < i1; ++i) {
-          logits(p, i, s, coef, rw_row);
+        const int64_t p = task / blocks, i0 = (task % blocks) * kBlock, nq = std::min(kBlock, N - i0);
+        logits(p, i0, nq, s, coef, rw_row);
+        for (int64_t iq = 0; iq < nq; ++iq) {
+          T* row = s + iq * Npad;
           Vec mv(-std::numeric_limits<T>::infinity());
-          for (int64_t j = 0; j < Npad; j += VL) mv = at::vec::maximum(mv, Vec::loadu(s + j));
+          for (int64_t j = 0; j < Npad; j += VL) mv = at::vec::maximum(mv, Vec::loadu(row + j));
           const T m = hmax(mv);
           const Vec mb(m);
           Vec lv(T(0));
           for (int64_t j = 0; j < Npad; j += VL) {
-            const Vec e = vexp<T>(Vec::loadu(s + j) - mb);
-            e.store(s + j);
+            const Vec e = vexp<T>(Vec::loadu(row + j) - mb);
+            e.store(row + j);
             lv = lv + e;
           }
           const T l = hsum(lv);
-          rowdots(s, v + p * DV * N, N, DV, N, T(1) / l, out + p * DV * N + i, N);
-          lse[p * N + i] = m + std::log(l);
+          inv[iq] = T(1) / l;
+          lse[p * N + i0 + iq] = m + std::log(l);
         }
+        dots(s, Npad, v + p * DV * N, N, DV, nq, N, inv, out + p * DV * N + i0, 1, N);
       }
     });
   }
@@ -229,13 +292,15 @@ struct Kernel {
   void backward(const T* dout, const T* out, const T* lse, T* dq, T* dk, T* dv, T* drh, T* drw) const {
     constexpr int64_t kBlock = 16;  // queries whose rows are kept for the dK/dV updates
     at::parallel_for(0, P, 1, [&](int64_t begin, int64_t end) {
-      std::vector<T> scratch(2 * kBlock * Npad + D + DV + 2 * W + 2 * VL);
+      std::vector<T> scratch(2 * kBlock * Npad + kBlock * (D + DV + 2) + 2 * W + 2 * VL);
       T* pbuf = scratch.data();
       T* dsbuf = pbuf + kBlock * Npad;
       T* coef = dsbuf + kBlock * Npad;
-      T* go = coef + D;
-      T* rw_row = go + DV;
+      T* go = coef + kBlock * D;       // (kBlock, DV): dO of the block's queries
+      T* ones = go + kBlock * DV;
+      T* rw_row = ones + kBlock;
       T* drw_row = rw_row + W + VL;
+      std::fill(ones, ones + kBlock, T(1));
       for (int64_t p = begin; p < end; ++p) {
         const T* qp = q + p * D * N;
         const T* vp = v + p * DV * N;
@@ -243,43 +308,44 @@ struct Kernel {
         const T* op = out + p * DV * N;
         for (int64_t i0 = 0; i0 < N; i0 += kBlock) {
           const int64_t nq = std::min(kBlock, N - i0);
+          logits(p, i0, nq, pbuf, coef, rw_row);
+          for (int64_t iq = 0; iq < nq; ++iq) {
+            const Vec lb(lse[p * N + i0 + iq]);
+            T* row = pbuf + iq * Npad;
+            for (int64_t j = 0; j < Npad; j += VL) vexp<T>(Vec::loadu(row + j) - lb).store(row + j);
+            for (int64_t c = 0; c < DV; ++c) go[iq * DV + c] = gp[c * N + i0 + iq];
+          }
+          gemm(dsbuf, Npad, false, true, go, DV, 1, vp, N, DV, nq, N);  // dP (zero at lanes >= N)
+          const Vec sb(scale);
           for (int64_t iq = 0; iq < nq; ++iq) {
             const int64_t i = i0 + iq;
-            T* s = pbuf + iq * Npad;
-            T* ds = dsbuf + iq * Npad;
-            logits(p, i, s, coef, rw_row);
-            const Vec lb(lse[p * N + i]);
-            for (int64_t j = 0; j < Npad; j += VL) vexp<T>(Vec::loadu(s + j) - lb).store(s + j);
             T delta = 0;
-            for (int64_t c = 0; c < DV; ++c) {
-              go[c] = gp[c * N + i];
-              delta += go[c] * op[c * N + i];
-            }
-            combine(ds, false, go, vp, N, DV, N, true);  // dp (zero at lanes >= N)
-            const Vec db(delta), sb(scale);
+            for (int64_t c = 0; c < DV; ++c) delta += go[iq * DV + c] * op[c * N + i];
+            const Vec db(delta);
+            T* ds = dsbuf + iq * Npad;
+            const T* pr = pbuf + iq * Npad;
             for (int64_t j = 0; j < Npad; j += VL) {
-              const Vec pv = Vec::loadu(s + j);
-              (sb * pv * (Vec::loadu(ds + j) - db)).store(ds + j);
+              (sb * Vec::loadu(pr + j) * (Vec::loadu(ds + j) - db)).store(ds + j);
             }
-            rowdots(ds, k + p * D * N, N, D, N, T(1), dq + p * D * N + i, N);
             if (drh != nullptr || drw != nullptr) {
               if (drw != nullptr) std::fill(drw_row, drw_row + W, T(0));
               for (int64_t x = 0; x < H; ++x) {
                 Vec acc(T(0));
                 for (int64_t y = 0; y < W; y += VL) {
                   const int64_t cnt = std::min<int64_t>(VL, W - y);
-                  const Vec row = load(ds + x * W + y, cnt);
-                  acc = acc + row;
-                  if (drw != nullptr) store(drw_row + y, load(drw_row + y, cnt) + row, cnt);
+                  const Vec r = load(ds + x * W + y, cnt);
+                  acc = acc + r;
+                  if (drw != nullptr) store(drw_row + y, load(drw_row + y, cnt) + r, cnt);
                 }
                 if (drh != nullptr) drh[(p * N + i) * H + x] = hsum(acc);
               }
               if (drw != nullptr) std::copy(drw_row, drw_row + W, drw + (p * N + i) * W);
             }
           }
+          dots(dsbuf, Npad, k + p * D * N, N, D, nq, N, ones, dq + p * D * N + i0, 1, N);
           // dV[c, :] += sum_iq P[iq, :] dO[c, i0 + iq];  dK[d, :] += sum_iq dS[iq, :] q[d, i0 + iq]
-          for (int64_t c = 0; c < DV; ++c) combine(dv + (p * DV + c) * N, true, gp + c * N + i0, pbuf, Npad, nq, N, false);
-          for (int64_t d = 0; d < D; ++d) combine(dk + (p * D + d) * N, true, qp + d * N + i0, dsbuf, Npad, nq, N, false);
+          gemm(dv + p * DV * N, N, true, false, gp + i0, N, 1, pbuf, Npad, nq, DV, N);
+          gemm(dk + p * D * N, N, true, false, qp + i0, N, 1, dsbuf, Npad, nq, D, N);
         }
       }
     });
@@ -310,7 +376,7 @@ Kernel<T> make_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor
   check(v, q, "v", kern.DV, kern.N);
   if (rh.has_value()) check(*rh, q, "rh", kern.N, h);
   if (rw.has_value()) check(*rw, q, "rw", kern.N, w);
-  kern.Npad = (kern.N + Kernel<T>::VL - 1) / Kernel<T>::VL * Kernel<T>::VL;
+  kern.Npad = (kern.N + 2 * Kernel<T>::VL - 1) / (2 * Kernel<T>::VL) * (2 * Kernel<T>::VL);
   kern.q = q.data_ptr<T>();
   kern.k = k.data_ptr<T>();
   kern.v = v.data_ptr<T>();

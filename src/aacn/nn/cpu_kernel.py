@@ -51,7 +51,9 @@ from torch import Tensor
 from aacn.nn.lse_autograd import register_lse_autograd
 from aacn.nn.relative_attention import compute_dtype, relative_logits, softmax_dtype
 
-__all__ = ["cpu_attention", "cpu_kernel_builds", "cpu_kernel_for_auto", "cpu_kernel_unavailable_reason", "load_cpu_kernel"]
+__all__ = [
+    "cpu_attention", "cpu_kernel_builds", "cpu_kernel_for_auto", "cpu_kernel_unavailable_reason", "load_cpu_kernel",
+]
 
 SOURCE = Path(__file__).with_name("cpu_attention.cpp")
 ENV_SWITCH = "AACN_CPU_KERNEL"
