@@ -1,7 +1,12 @@
-"""Speed and memory of the 2D relative self-attention implementations, as ratios to ``reference``.
+"""Speed and memory of the 2D relative self-attention implementations, as ratios to ``reference`` and to plain
+attention.
 
 For each grid size S (an S x S grid), each implementation runs forward + backward of
 ``relative_attention_2d(q, k, v, rel_h, rel_w, impl=...)`` with batch B, Nh heads, dkh = dvh = 20 (defaults).
+``plain`` is ``F.scaled_dot_product_attention`` on the same q, k, v (B, Nh, S*S, dkh/dvh) without relative
+logits: the floor any relative implementation is compared with (column ``time/plain``).
+``--study`` runs the attention shapes of the CPU study's AA-WRN-16-2 instead (B=128, Nh=1; 32x32 with dkh=6,
+dvh=3; 16x16 with 13, 6; 8x8 with 26, 13): tiny heads, where the exponentials dominate.
 
 Memory
   CPU: one fresh subprocess per case runs one forward + backward; its memory is the peak RSS (``ru_maxrss``)
@@ -27,6 +32,7 @@ kernel over chunks) far more than ``reference``; use ``--threads 2`` on an idle 
     python benchmarks/aa_layer.py                          # CPU, sizes 8 16 32 (~2 minutes)
     python benchmarks/aa_layer.py --sizes 64 --repeats 0   # memory growth at 64x64 (reference does not fit)
     python benchmarks/aa_layer.py --device cuda --sizes 8 16 32 64
+    python benchmarks/aa_layer.py --study --impls cpu sdpa # tiny heads of AA-WRN-16-2 at batch 128
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from aacn.nn.functional import IMPLS, relative_attention_2d, resolve_impl
 from aacn.nn.triton_attention import triton_unavailable_reason
@@ -49,6 +56,8 @@ from aacn.nn.triton_attention import triton_unavailable_reason
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "aa_layer.json"
 REFERENCE_TENSORS = 8  # (B, Nh, HW, HW) float32 tensors alive at the reference's peak (conservative estimate)
 MMAP_THRESHOLD = "131072"  # glibc's initial threshold, made static
+PLAIN = "plain"  # F.scaled_dot_product_attention without relative logits, same B, Nh, HW, dkh, dvh
+STUDY = [(32, 6, 3), (16, 13, 6), (8, 26, 13)]  # (S, dkh, dvh) of AA-WRN-16-2's attention layers
 
 
 def _inputs(cfg: dict, device: str) -> list[torch.Tensor]:
@@ -65,6 +74,10 @@ def _step(impl: str, tensors: list[torch.Tensor]) -> None:
     *inputs, grad_out = tensors
     for t in inputs:
         t.grad = None
+    if impl == PLAIN:
+        q, k, v = (t.flatten(2, 3) for t in inputs[:3])
+        F.scaled_dot_product_attention(q, k, v).backward(grad_out.flatten(2, 3))
+        return
     relative_attention_2d(*inputs, impl=impl).backward(grad_out)
 
 
@@ -105,7 +118,7 @@ def runnable_impls(device: torch.device, dtype: torch.dtype) -> list[str]:
 def _warm_up_libraries(cfg: dict) -> None:
     """Run every impl once on a 2x2 grid: one-off library set-up (autograd engine, kernels) is not counted."""
     tiny = _inputs(dict(cfg, batch=1, heads=1, size=2), "cpu")
-    for impl in runnable_impls(torch.device("cpu"), tiny[0].dtype):
+    for impl in [PLAIN, *runnable_impls(torch.device("cpu"), tiny[0].dtype)]:
         _step(impl, tiny)
 
 
@@ -217,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads (default: 1 on CPU, steady on a shared machine)"
     )
+    parser.add_argument("--study", action="store_true",
+                        help="AA-WRN-16-2's shapes: B=128, Nh=1, (S, dkh, dvh) in " + str(STUDY))
     parser.add_argument("--glibc-dynamic-mmap", action="store_true", help="keep glibc's default malloc behaviour")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -233,37 +248,43 @@ def main(argv: list[str] | None = None) -> int:
     dtype = args.dtype or ("bfloat16" if args.device == "cuda" else "float32")
     if args.impls is None:
         args.impls = [i for i in runnable_impls(torch.device(args.device), getattr(torch, dtype)) if i != "auto"]
-    impls = ["reference"] + [i for i in args.impls if i != "reference"]
+    impls = ["reference", PLAIN] + [i for i in args.impls if i not in ("reference", PLAIN)]
+    shapes = [(size, args.dkh, args.dvh) for size in args.sizes]
+    if args.study:
+        args.batch, args.heads, shapes = 128, 1, STUDY
     base_cfg = dict(
         batch=args.batch, heads=args.heads, dkh=args.dkh, dvh=args.dvh, dtype=dtype, repeats=args.repeats,
         max_seconds=args.max_seconds, threads=args.threads,
     )
     rows = []
-    for size in args.sizes:
-        cfg = dict(base_cfg, size=size)
+    for size, dkh, dvh in shapes:
+        cfg = dict(base_cfg, size=size, dkh=dkh, dvh=dvh)
         results = measure_size(cfg, impls, args.device, args.glibc_dynamic_mmap)
         probe = torch.zeros(args.batch, args.heads, size, size, 1, dtype=getattr(torch, dtype), device=args.device)
-        ref = results["reference"]
+        ref, plain = results["reference"], results[PLAIN]
         for impl in impls:
             r = results[impl]
             ok = "error" not in r and "error" not in ref
             rows.append({
-                "size": size, "impl": impl, "auto": resolve_impl("auto", probe), **r,
+                "size": size, "dkh": dkh, "dvh": dvh, "impl": impl, "auto": resolve_impl("auto", probe), **r,
                 "time_ratio": r["time_s"] / ref["time_s"] if ok else None,
                 "memory_ratio": r["extra_peak_mb"] / ref["extra_peak_mb"] if ok else None,
+                "plain_ratio": r["time_s"] / plain["time_s"] if "error" not in r and "error" not in plain else None,
             })
             print(f"  S={size} {impl}: {rows[-1]}", file=sys.stderr, flush=True)
     threads = torch.get_num_threads()
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu"
     malloc = "glibc dynamic mmap threshold" if args.glibc_dynamic_mmap else f"MALLOC_MMAP_THRESHOLD_={MMAP_THRESHOLD}"
-    print(f"\nrelative_attention_2d fwd+bwd, B={args.batch} Nh={args.heads} dkh={args.dkh} dvh={args.dvh} {dtype}, "
+    heads = "dkh, dvh per row" if args.study else f"dkh={args.dkh} dvh={args.dvh}"
+    print(f"\nrelative_attention_2d fwd+bwd, B={args.batch} Nh={args.heads} {heads} {dtype}, "
           f"{args.device} ({device_name}, {os.cpu_count()} cores, {threads} threads, {malloc})")
-    print(f"{'S':>4} {'impl':>10} {'wall s':>8} {'cpu s':>8} {'extra MB':>9} {'time/ref':>8} {'mem/ref':>8}  "
-          "auto  note")
+    print(f"{'S':>4} {'dkh':>4} {'dvh':>4} {'impl':>10} {'wall s':>8} {'cpu s':>8} {'extra MB':>9} {'time/ref':>8} "
+          f"{'mem/ref':>8} {'t/plain':>8}  auto  note")
     for r in rows:
-        print(f"{r['size']:>4} {r['impl']:>10} {_fmt(r.get('time_s'), '8.3f')} {_fmt(r.get('cpu_s'), '8.3f')} "
-              f"{_fmt(r.get('extra_peak_mb'), '9.1f')} {_fmt(r['time_ratio'], '8.3f')} "
-              f"{_fmt(r['memory_ratio'], '8.3f')}  {r['auto'] if r['impl'] == r['auto'] else '':>4}  "
+        print(f"{r['size']:>4} {r['dkh']:>4} {r['dvh']:>4} {r['impl']:>10} {_fmt(r.get('time_s'), '8.3f')} "
+              f"{_fmt(r.get('cpu_s'), '8.3f')} {_fmt(r.get('extra_peak_mb'), '9.1f')} {_fmt(r['time_ratio'], '8.3f')} "
+              f"{_fmt(r['memory_ratio'], '8.3f')} {_fmt(r['plain_ratio'], '8.3f')}  "
+              f"{r['auto'] if r['impl'] == r['auto'] else '':>4}  "
               f"{r.get('error', '')}")
     report = {
         "benchmark": "aa_layer", "device": args.device, "device_name": device_name, "threads": threads,

@@ -193,7 +193,9 @@ def test_memory_efficient_impls_never_build_hw_squared(impl):
         assert mode.largest < full // 4
 
 
-def test_auto_choice():
+def test_auto_choice(monkeypatch):
+    """The choices without the C++ kernel (tests/test_cpu_kernel.py checks that "auto" picks it on CPU)."""
+    monkeypatch.setenv("AACN_CPU_KERNEL", "0")
     small, large = torch.zeros(32, 8, 8, 8, 1), torch.zeros(32, 8, 16, 16, 1)
     assert AF.resolve_impl("auto", small) == "chunked"  # one block of plain attention on CPU
     assert AF.resolve_impl("auto", large) == "sdpa"

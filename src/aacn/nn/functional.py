@@ -26,10 +26,15 @@ A ``None`` table drops its term. Implementations (``impl``):
   ``(HW, H)`` / ``(HW, W)`` tables of ``q . r`` (:mod:`aacn.nn.triton_attention`): no folded or padded copies,
   memory ``O(B*Nh*HW*(dkh + dvh + H + W))``. CUDA only (or ``TRITON_INTERPRET=1`` on CPU, for testing);
   float16/bfloat16/float32. Never chosen by ``"auto"``: opt in with ``impl="triton"``.
-* ``"auto"`` -- ``"sdpa"`` where a fused kernel exists (CPU: float16/bfloat16/float32/float64; CUDA:
-  float16/bfloat16/float32), otherwise ``"chunked"``; on CPU also ``"chunked"`` when all ``B*Nh*(HW)^2``
-  logits fit in one block (:data:`~aacn.nn.relative_attention.CHUNK_ELEMENTS`, e.g. 8x8 grids at B=32,
-  Nh=8), where plain attention is faster than the folded kernel and its memory is bounded anyway.
+* ``"cpu"`` -- one C++ kernel that adds the relative logits inside the attention loop, from the same compact
+  tables (:mod:`aacn.nn.cpu_kernel`): no folded or padded copies, memory ``O(B*Nh*HW*(dkh + dvh + H + W))``,
+  vectorised over keys so that small heads are fast. CPU only; float32/float64 natively, bfloat16/float16
+  computed in float32. Compiled on first use (a C++ compiler and ninja are needed) and cached.
+* ``"auto"`` -- on CPU ``"cpu"`` when its kernel builds (unless ``AACN_CPU_KERNEL=0``); otherwise ``"sdpa"``
+  where a fused kernel exists (CPU: float16/bfloat16/float32/float64; CUDA: float16/bfloat16/float32), else
+  ``"chunked"``; on CPU also ``"chunked"`` when all ``B*Nh*(HW)^2`` logits fit in one block
+  (:data:`~aacn.nn.relative_attention.CHUNK_ELEMENTS`, e.g. 8x8 grids at B=32, Nh=8), where plain attention is
+  faster than the folded kernel and its memory is bounded anyway. A failed build of the C++ kernel warns once.
 
 FlexAttention is not used: it has no CPU backward, needs ``torch.compile`` to be memory-efficient, and its
 gradients of captured bias tables use atomic adds; the Triton kernel gets those gradients as register sums.
@@ -37,7 +42,8 @@ gradients of captured bias tables use atomic adds; the Triton kernel gets those 
 The memory-efficient implementations are registered operators in the ``aacn`` namespace, each with a fake
 (shape-only) implementation and a registered backward that is itself an operator:
 ``torch.ops.aacn.folded_flash_attention_cpu`` (``"sdpa"`` on CPU), ``torch.ops.aacn.chunked_relative_attention``
-(``"chunked"``) and ``torch.ops.aacn.triton_relative_attention`` (``"triton"``; a ``torch.library.triton_op``
+(``"chunked"``), ``torch.ops.aacn.relative_attention_cpu`` (``"cpu"``) and
+``torch.ops.aacn.triton_relative_attention`` (``"triton"``; a ``torch.library.triton_op``
 where the kernels are compiled, so Inductor schedules them). ``"reference"`` and ``"sdpa"`` on CUDA are plain
 PyTorch. So ``torch.compile(..., fullgraph=True)`` and ``torch.export`` capture every implementation without a
 graph break, and the operators save for backward under compilation what they save in eager mode (nothing
@@ -54,6 +60,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from aacn.nn.cpu_kernel import cpu_attention, cpu_kernel_for_auto
 from aacn.nn.relative_attention import (
     CHUNK_ELEMENTS,
     block_logits,
@@ -66,11 +73,11 @@ from aacn.nn.triton_attention import triton_attention
 
 __all__ = ["IMPLS", "relative_attention_2d", "relative_attention_probs", "resolve_impl"]
 
-IMPLS: tuple[str, ...] = ("auto", "reference", "sdpa", "chunked", "triton")
+IMPLS: tuple[str, ...] = ("auto", "reference", "sdpa", "chunked", "triton", "cpu")
 
 _IMPL_FUNCS = {
     "reference": reference_attention, "sdpa": sdpa_attention, "chunked": chunked_attention,
-    "triton": triton_attention,
+    "triton": triton_attention, "cpu": cpu_attention,
 }
 _SDPA_DTYPES = {
     "cpu": (torch.float16, torch.bfloat16, torch.float32, torch.float64),
@@ -129,6 +136,8 @@ def resolve_impl(impl: str, q: Tensor) -> str:
         raise ValueError(f"impl: expected one of {', '.join(map(repr, IMPLS))}, got {impl!r}")
     if impl != "auto":
         return impl
+    if q.device.type == "cpu" and cpu_kernel_for_auto():
+        return "cpu"
     if compute_dtype(q) not in _SDPA_DTYPES.get(q.device.type, ()):
         return "chunked"
     b, nh, h, w, _ = q.shape
@@ -155,16 +164,17 @@ def relative_attention_2d(
         rel_h: ``r^H``, (2H-1, dkh) or None (no height-relative term).
         rel_w: ``r^W``, (2W-1, dkh) or None (no width-relative term).
         scale: logit scale ``s``; default ``dkh ** -0.5``.
-        impl: one of ``"auto"``, ``"reference"``, ``"sdpa"``, ``"chunked"``, ``"triton"`` (see the module
-            docstring).
+        impl: one of ``"auto"``, ``"reference"``, ``"sdpa"``, ``"chunked"``, ``"triton"``, ``"cpu"`` (see the
+            module docstring).
 
     Returns:
         (B, Nh, H, W, dvh): for each query pixel, the attention-weighted sum of the values.
 
     Raises:
         ValueError: naming the argument, for shapes that disagree, an integer dtype, or (outside autocast) a
-            dtype other than q's; for an unknown ``impl``; or for ``"triton"`` where it cannot run (no triton
-            package, not a CUDA tensor, float64).
+            dtype other than q's; for an unknown ``impl``; for ``"triton"`` where it cannot run (no triton
+            package, not a CUDA tensor, float64); or for ``"cpu"`` where it cannot run (not a CPU tensor, the
+            C++ kernel does not build).
     """
     _check_inputs(q, k, v, rel_h, rel_w)
     name = resolve_impl(impl, q)

@@ -1,0 +1,434 @@
+// Exact 2D relative self-attention on the CPU with the relative logits added inside the attention loop.
+//
+// Built at first use by aacn/nn/cpu_kernel.py (torch.utils.cpp_extension.load), which documents the layout and
+// the guarantees. Per (batch x head) pair with N = H*W positions, the tensors are
+//   q, k (D, N), v (DV, N), out (DV, N)  -- channel-major: the key index is the contiguous one, so every inner
+//                                           loop runs over keys with full SIMD vectors whatever D and DV are;
+//   rh (N, H), rw (N, W)                 -- compact relative logits rh[i, x'] = q_i . r^H_(x'-x), likewise rw;
+//   lse (N)                              -- log-sum-exp of each query's scaled logits.
+// The scaled logit of query i and key j = (x', y') is  s_ij = scale * (q_i . k_j + rh[i, x'] + rw[i, y']).
+//
+// Forward, per query: the row s_i. (N values, per-thread scratch) is written as the bias rh + rw broadcast over
+// the key grid plus sum_d q_di k_d. (one FMA per key vector and depth), then its max, exp and sum, and
+// out_.i = sum_j p_ij v_.j / l_i. Two passes over a row that stays in L1/L2; nothing (HW)^2-sized.
+// Backward (FlashAttention-2 style, from the saved lse), per pair, per block of queries: recompute p_ij,
+// dp_ij = dO_.i . v_.j, ds_ij = scale * p_ij (dp_ij - delta_i) with delta_i = dO_.i . out_.i; then dq_.i = ds_i. K^T,
+// d rh[i, x'] = sum_y' ds_i(x',y'), d rw[i, y'] = sum_x' ds_i(x',y'), and per block dV += dO P^T, dK += Q dS^T.
+// A pair's dK/dV rows are written by one thread only: no atomics, deterministic for any thread count.
+//
+// float and double only (the Python side converts bf16/fp16 to float); exp is a ~1 ulp polynomial for float
+// on AVX-512/AVX2 and SLEEF's 1-ulp exp otherwise (double: always SLEEF or std::exp).
+
+#include <torch/extension.h>
+
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+namespace {
+
+using at::vec::Vectorized;
+
+template <typename T>
+inline Vectorized<T> vexp(const Vectorized<T>& x) {
+  return x.exp();
+}
+
+// exp(x) for float vectors, after Cephes expf: n = round(x log2 e), r = x - n ln 2 (ln 2 in two parts),
+// exp(r) = 1 + r + r^2 P(r) with a degree-5 P (relative error about 1 ulp), times 2^n built in the exponent bits.
+// Arguments are clamped to [-87.34, 88]; below -87.34 (and -inf) the result is 0, NaN propagates. The kernel only
+// evaluates exp at arguments <= 0 up to rounding (logit minus row max or minus log-sum-exp).
+#define AACN_EXP_CONSTANTS                                   \
+  constexpr float kHi = 88.0f, kLo = -87.3365447504019f;     \
+  constexpr float kLog2e = 1.44269504088896341f;             \
+  constexpr float kC1 = 0.693359375f, kC2 = -2.12194440e-4f; \
+  constexpr float kP0 = 1.9875691500e-4f, kP1 = 1.3981999507e-3f, kP2 = 8.3334519073e-3f; \
+  constexpr float kP3 = 4.1665795894e-2f, kP4 = 1.6666665459e-1f, kP5 = 5.0000001201e-1f;
+
+#if defined(CPU_CAPABILITY_AVX512)
+template <>
+inline Vectorized<float> vexp(const Vectorized<float>& xv) {
+  AACN_EXP_CONSTANTS
+  const __m512 x = xv;
+  __m512 xc = _mm512_max_ps(_mm512_set1_ps(kLo), _mm512_min_ps(_mm512_set1_ps(kHi), x));  // NaN stays NaN
+  __m512 fx = _mm512_roundscale_ps(_mm512_mul_ps(xc, _mm512_set1_ps(kLog2e)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(fx, _mm512_set1_ps(kC1), xc);
+  r = _mm512_fnmadd_ps(fx, _mm512_set1_ps(kC2), r);
+  __m512 y = _mm512_fmadd_ps(_mm512_set1_ps(kP0), r, _mm512_set1_ps(kP1));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(kP2));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(kP3));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(kP4));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(kP5));
+  y = _mm512_fmadd_ps(y, _mm512_mul_ps(r, r), r);
+  y = _mm512_add_ps(y, _mm512_set1_ps(1.0f));
+  __m512i n = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(fx), _mm512_set1_epi32(127)), 23);
+  y = _mm512_mul_ps(y, _mm512_castsi512_ps(n));
+  __mmask16 under = _mm512_cmp_ps_mask(x, _mm512_set1_ps(kLo), _CMP_LT_OQ);
+  return _mm512_mask_blend_ps(under, y, _mm512_setzero_ps());
+}
+#elif defined(CPU_CAPABILITY_AVX2)
+template <>
+inline Vectorized<float> vexp(const Vectorized<float>& xv) {
+  AACN_EXP_CONSTANTS
+  const __m256 x = xv;
+  __m256 xc = _mm256_max_ps(_mm256_set1_ps(kLo), _mm256_min_ps(_mm256_set1_ps(kHi), x));
+  __m256 fx = _mm256_round_ps(_mm256_mul_ps(xc, _mm256_set1_ps(kLog2e)),
+                              _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(kC1), xc);
+  r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(kC2), r);
+  __m256 y = _mm256_fmadd_ps(_mm256_set1_ps(kP0), r, _mm256_set1_ps(kP1));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(kP2));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(kP3));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(kP4));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(kP5));
+  y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), r);
+  y = _mm256_add_ps(y, _mm256_set1_ps(1.0f));
+  __m256i n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(fx), _mm256_set1_epi32(127)), 23);
+  y = _mm256_mul_ps(y, _mm256_castsi256_ps(n));
+  __m256 under = _mm256_cmp_ps(x, _mm256_set1_ps(kLo), _CMP_LT_OQ);
+  return _mm256_blendv_ps(y, _mm256_setzero_ps(), under);
+}
+#endif
+
+template <typename T>
+struct Kernel {
+  using Vec = Vectorized<T>;
+  static constexpr int64_t VL = Vec::size();
+  static constexpr int64_t R = 4;  // rows (queries or channels) blocked in registers
+
+  const T* q;
+  const T* k;
+  const T* v;
+  const T* rh;  // nullptr when absent
+  const T* rw;
+  int64_t P, N, D, DV, H, W, Npad;  // Npad: N rounded up to 2 vectors (length of scratch rows)
+  T scale;
+
+  static inline Vec load(const T* p, int64_t n) {
+    return n >= VL ? Vec::loadu(p) : (n > 0 ? Vec::loadu(p, n) : Vec(T(0)));
+  }
+  static inline void store(T* p, const Vec& x, int64_t n) {
+    if (n >= VL) {
+      x.store(p);
+    } else if (n > 0) {
+      x.store(p, n);
+    }
+  }
+  static inline T hsum(const Vec& x) {
+    return at::vec::vec_reduce_all<T>([](Vec& a, Vec& b) { return a + b; }, x);
+  }
+  static inline T hmax(const Vec& x) {
+    return at::vec::vec_reduce_all<T>([](Vec& a, Vec& b) { return at::vec::maximum(a, b); }, x);
+  }
+
+  // One 2-vector column chunk [j, j + 2 VL) of gemm_rows; TAIL: partial (n - j < 2 VL).
+  template <int NR, bool TAIL>
+  static inline void gemm_chunk(T* Y, int64_t ldy, bool init, bool full, const T* coef, int64_t crs, int64_t ccs,
+                                const T* M, int64_t ldm, int64_t C, int64_t n, int64_t j) {
+    const int64_t c0 = TAIL ? n - j : VL, c1 = TAIL ? n - j - VL : VL;
+    const int64_t s0 = full ? VL : c0, s1 = full ? VL : c1;
+    Vec acc[NR][2];
+    for (int r = 0; r < NR; ++r) {
+      if (init) {
+        acc[r][0] = TAIL ? load(Y + r * ldy + j, s0) : Vec::loadu(Y + r * ldy + j);
+        acc[r][1] = TAIL ? load(Y + r * ldy + j + VL, s1) : Vec::loadu(Y + r * ldy + j + VL);
+      } else {
+        acc[r][0] = acc[r][1] = Vec(T(0));
+      }
+    }
+    for (int64_t c = 0; c < C; ++c) {
+      const T* m = M + c * ldm + j;
+      const Vec m0 = TAIL ? load(m, c0) : Vec::loadu(m);
+      const Vec m1 = TAIL ? load(m + VL, c1) : Vec::loadu(m + VL);
+      for (int r = 0; r < NR; ++r) {
+        const Vec cf(coef[r * crs + c * ccs]);
+        acc[r][0] = at::vec::fmadd(cf, m0, acc[r][0]);
+        acc[r][1] = at::vec::fmadd(cf, m1, acc[r][1]);
+      }
+    }
+    for (int r = 0; r < NR; ++r) {
+      if (TAIL) {
+        store(Y + r * ldy + j, acc[r][0], s0);
+        store(Y + r * ldy + j + VL, acc[r][1], s1);
+      } else {
+        acc[r][0].store(Y + r * ldy + j);
+        acc[r][1].store(Y + r * ldy + j + VL);
+      }
+    }
+  }
+
+  // Y[r, 0:n) = (init ? Y[r, 0:n) : 0) + sum_c coef[r*crs + c*ccs] * M[c*ldm + 0:n) for r < NR: NR rows share
+  // every load of M. Rows of M are read only up to n; with `full`, Y rows are scratch rows padded to Npad and
+  // whole vectors are written, else exactly n values.
+  template <int NR>
+  static void gemm_rows(T* Y, int64_t ldy, bool init, bool full, const T* coef, int64_t crs, int64_t ccs, const T* M,
+                        int64_t ldm, int64_t C, int64_t n) {
+    int64_t j = 0;
+    for (; j + 2 * VL <= n; j += 2 * VL) gemm_chunk<NR, false>(Y, ldy, init, full, coef, crs, ccs, M, ldm, C, n, j);
+    if (j < n) gemm_chunk<NR, true>(Y, ldy, init, full, coef, crs, ccs, M, ldm, C, n, j);
+  }
+
+  // gemm_rows for any number of rows (blocks of R).
+  static void gemm(T* Y, int64_t ldy, bool init, bool full, const T* coef, int64_t crs, int64_t ccs, const T* M,
+                   int64_t ldm, int64_t C, int64_t rows, int64_t n) {
+    int64_t r = 0;
+    for (; r + R <= rows; r += R) gemm_rows<R>(Y + r * ldy, ldy, init, full, coef + r * crs, crs, ccs, M, ldm, C, n);
+    switch (rows - r) {
+      case 3: gemm_rows<3>(Y + r * ldy, ldy, init, full, coef + r * crs, crs, ccs, M, ldm, C, n); break;
+      case 2: gemm_rows<2>(Y + r * ldy, ldy, init, full, coef + r * crs, crs, ccs, M, ldm, C, n); break;
+      case 1: gemm_rows<1>(Y + r * ldy, ldy, init, full, coef + r * crs, crs, ccs, M, ldm, C, n); break;
+      default: break;
+    }
+  }
+
+  // out[r*ors + c*ocs] = mult[r] * sum_j A[r*lda + j] * M[c*ldm + j] for r < NR, c < C, j < n. A rows are
+  // scratch rows (whole vectors readable, finite beyond n); M is read as 0 beyond n. Two channels per pass.
+  template <int NR>
+  static void dots_rows(const T* A, int64_t lda, const T* M, int64_t ldm, int64_t C, int64_t n, const T* mult, T* out,
+                        int64_t ors, int64_t ocs) {
+    int64_t c = 0;
+    for (; c < C; c += 2) {
+      const bool two = c + 1 < C;
+      const T* m0p = M + c * ldm;
+      const T* m1p = two ? m0p + ldm : m0p;
+      Vec acc[NR][2];
+      for (int r = 0; r < NR; ++r) acc[r][0] = acc[r][1] = Vec(T(0));
+      for (int64_t j = 0; j < n; j += VL) {
+        const int64_t cnt = n - j;
+        const Vec m0 = load(m0p + j, cnt), m1 = load(m1p + j, cnt);
+        for (int r = 0; r < NR; ++r) {
+          const Vec a = Vec::loadu(A + r * lda + j);
+          acc[r][0] = at::vec::fmadd(a, m0, acc[r][0]);
+          acc[r][1] = at::vec::fmadd(a, m1, acc[r][1]);
+        }
+      }
+      for (int r = 0; r < NR; ++r) {
+        out[r * ors + c * ocs] = mult[r] * hsum(acc[r][0]);
+        if (two) out[r * ors + (c + 1) * ocs] = mult[r] * hsum(acc[r][1]);
+      }
+    }
+  }
+
+  static void dots(const T* A, int64_t lda, const T* M, int64_t ldm, int64_t C, int64_t rows, int64_t n, const T* mult,
+                   T* out, int64_t ors, int64_t ocs) {
+    int64_t r = 0;
+    for (; r + R <= rows; r += R) dots_rows<R>(A + r * lda, lda, M, ldm, C, n, mult + r, out + r * ors, ors, ocs);
+    switch (rows - r) {
+      case 3: dots_rows<3>(A + r * lda, lda, M, ldm, C, n, mult + r, out + r * ors, ors, ocs); break;
+      case 2: dots_rows<2>(A + r * lda, lda, M, ldm, C, n, mult + r, out + r * ors, ors, ocs); break;
+      case 1: dots_rows<1>(A + r * lda, lda, M, ldm, C, n, mult + r, out + r * ors, ors, ocs); break;
+      default: break;
+    }
+  }
+
+  // Rows s[iq] (iq < nq, stride Npad) = scaled logits of queries i0 + iq of pair p; lanes >= N are -inf.
+  // coef: scratch of nq * D values; rw_row: scratch of W values.
+  void logits(int64_t p, int64_t i0, int64_t nq, T* s, T* coef, T* rw_row) const {
+    const T* qp = q + p * D * N;
+    const bool bias = rh != nullptr || rw != nullptr;
+    for (int64_t iq = 0; iq < nq; ++iq) {
+      const int64_t i = i0 + iq;
+      for (int64_t d = 0; d < D; ++d) coef[iq * D + d] = scale * qp[d * N + i];
+      if (!bias) continue;
+      T* row = s + iq * Npad;
+      const T* rhi = rh != nullptr ? rh + (p * N + i) * H : nullptr;
+      if (rw != nullptr) {
+        const T* rwi = rw + (p * N + i) * W;
+        for (int64_t y = 0; y < W; ++y) rw_row[y] = scale * rwi[y];
+      }
+      for (int64_t x = 0; x < H; ++x) {
+        const Vec bh(rhi != nullptr ? scale * rhi[x] : T(0));
+        for (int64_t y = 0; y < W; y += VL) {
+          const int64_t cnt = std::min<int64_t>(VL, W - y);
+          store(row + x * W + y, rw != nullptr ? bh + load(rw_row + y, cnt) : bh, cnt);
+        }
+      }
+    }
+    gemm(s, Npad, bias, true, coef, D, 1, k + p * D * N, N, D, nq, N);
+    for (int64_t iq = 0; iq < nq; ++iq) {
+      std::fill(s + iq * Npad + N, s + (iq + 1) * Npad, -std::numeric_limits<T>::infinity());
+    }
+  }
+
+  void forward(T* out, T* lse) const {
+    constexpr int64_t kBlock = 16;  // queries per parallel task and per logits() call
+    const int64_t blocks = (N + kBlock - 1) / kBlock;
+    at::parallel_for(0, P * blocks, 1, [&](int64_t begin, int64_t end) {
+      std::vector<T> scratch(kBlock * Npad + kBlock * D + 2 * kBlock + W + VL);
+      T* s = scratch.data();
+      T* coef = s + kBlock * Npad;
+      T* inv = coef + kBlock * D;
+      T* rw_row = inv + kBlock;
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t p = task / blocks, i0 = (task % blocks) * kBlock, nq = std::min(kBlock, N - i0);
+        logits(p, i0, nq, s, coef, rw_row);
+        for (int64_t iq = 0; iq < nq; ++iq) {
+          T* row = s + iq * Npad;
+          Vec mv(-std::numeric_limits<T>::infinity());
+          for (int64_t j = 0; j < Npad; j += VL) mv = at::vec::maximum(mv, Vec::loadu(row + j));
+          const T m = hmax(mv);
+          const Vec mb(m);
+          Vec lv(T(0));
+          for (int64_t j = 0; j < Npad; j += VL) {
+            const Vec e = vexp<T>(Vec::loadu(row + j) - mb);
+            e.store(row + j);
+            lv = lv + e;
+          }
+          const T l = hsum(lv);
+          inv[iq] = T(1) / l;
+          lse[p * N + i0 + iq] = m + std::log(l);
+        }
+        dots(s, Npad, v + p * DV * N, N, DV, nq, N, inv, out + p * DV * N + i0, 1, N);
+      }
+    });
+  }
+
+  void backward(const T* dout, const T* out, const T* lse, T* dq, T* dk, T* dv, T* drh, T* drw) const {
+    constexpr int64_t kBlock = 16;  // queries whose rows are kept for the dK/dV updates
+    at::parallel_for(0, P, 1, [&](int64_t begin, int64_t end) {
+      std::vector<T> scratch(2 * kBlock * Npad + kBlock * (D + DV + 2) + 2 * W + 2 * VL);
+      T* pbuf = scratch.data();
+      T* dsbuf = pbuf + kBlock * Npad;
+      T* coef = dsbuf + kBlock * Npad;
+      T* go = coef + kBlock * D;       // (kBlock, DV): dO of the block's queries
+      T* ones = go + kBlock * DV;
+      T* rw_row = ones + kBlock;
+      T* drw_row = rw_row + W + VL;
+      std::fill(ones, ones + kBlock, T(1));
+      for (int64_t p = begin; p < end; ++p) {
+        const T* qp = q + p * D * N;
+        const T* vp = v + p * DV * N;
+        const T* gp = dout + p * DV * N;
+        const T* op = out + p * DV * N;
+        for (int64_t i0 = 0; i0 < N; i0 += kBlock) {
+          const int64_t nq = std::min(kBlock, N - i0);
+          logits(p, i0, nq, pbuf, coef, rw_row);
+          for (int64_t iq = 0; iq < nq; ++iq) {
+            const Vec lb(lse[p * N + i0 + iq]);
+            T* row = pbuf + iq * Npad;
+            for (int64_t j = 0; j < Npad; j += VL) vexp<T>(Vec::loadu(row + j) - lb).store(row + j);
+            for (int64_t c = 0; c < DV; ++c) go[iq * DV + c] = gp[c * N + i0 + iq];
+          }
+          gemm(dsbuf, Npad, false, true, go, DV, 1, vp, N, DV, nq, N);  // dP (zero at lanes >= N)
+          const Vec sb(scale);
+          for (int64_t iq = 0; iq < nq; ++iq) {
+            const int64_t i = i0 + iq;
+            T delta = 0;
+            for (int64_t c = 0; c < DV; ++c) delta += go[iq * DV + c] * op[c * N + i];
+            const Vec db(delta);
+            T* ds = dsbuf + iq * Npad;
+            const T* pr = pbuf + iq * Npad;
+            for (int64_t j = 0; j < Npad; j += VL) {
+              (sb * Vec::loadu(pr + j) * (Vec::loadu(ds + j) - db)).store(ds + j);
+            }
+            if (drh != nullptr || drw != nullptr) {
+              if (drw != nullptr) std::fill(drw_row, drw_row + W, T(0));
+              for (int64_t x = 0; x < H; ++x) {
+                Vec acc(T(0));
+                for (int64_t y = 0; y < W; y += VL) {
+                  const int64_t cnt = std::min<int64_t>(VL, W - y);
+                  const Vec r = load(ds + x * W + y, cnt);
+                  acc = acc + r;
+                  if (drw != nullptr) store(drw_row + y, load(drw_row + y, cnt) + r, cnt);
+                }
+                if (drh != nullptr) drh[(p * N + i) * H + x] = hsum(acc);
+              }
+              if (drw != nullptr) std::copy(drw_row, drw_row + W, drw + (p * N + i) * W);
+            }
+          }
+          dots(dsbuf, Npad, k + p * D * N, N, D, nq, N, ones, dq + p * D * N + i0, 1, N);
+          // dV[c, :] += sum_iq P[iq, :] dO[c, i0 + iq];  dK[d, :] += sum_iq dS[iq, :] q[d, i0 + iq]
+          gemm(dv + p * DV * N, N, true, false, gp + i0, N, 1, pbuf, Npad, nq, DV, N);
+          gemm(dk + p * D * N, N, true, false, qp + i0, N, 1, dsbuf, Npad, nq, D, N);
+        }
+      }
+    });
+  }
+};
+
+void check(const at::Tensor& t, const at::Tensor& q, const char* name, int64_t rows, int64_t cols) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == q.scalar_type() && t.is_contiguous(), name,
+              ": expected a contiguous CPU tensor of q's dtype");
+  TORCH_CHECK(t.dim() == 3 && t.size(0) == q.size(0) && t.size(1) == rows && t.size(2) == cols, name,
+              ": expected shape (", q.size(0), ", ", rows, ", ", cols, "), got ", t.sizes());
+}
+
+template <typename T>
+Kernel<T> make_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                      const c10::optional<at::Tensor>& rh, const c10::optional<at::Tensor>& rw, double scale,
+                      int64_t h, int64_t w) {
+  Kernel<T> kern;
+  kern.P = q.size(0);
+  kern.D = q.size(1);
+  kern.N = q.size(2);
+  kern.DV = v.size(1);
+  kern.H = h;
+  kern.W = w;
+  TORCH_CHECK(h * w == kern.N, "h * w must equal the number of positions");
+  check(q, q, "q", kern.D, kern.N);
+  check(k, q, "k", kern.D, kern.N);
+  check(v, q, "v", kern.DV, kern.N);
+  if (rh.has_value()) check(*rh, q, "rh", kern.N, h);
+  if (rw.has_value()) check(*rw, q, "rw", kern.N, w);
+  kern.Npad = (kern.N + 2 * Kernel<T>::VL - 1) / (2 * Kernel<T>::VL) * (2 * Kernel<T>::VL);
+  kern.q = q.data_ptr<T>();
+  kern.k = k.data_ptr<T>();
+  kern.v = v.data_ptr<T>();
+  kern.rh = rh.has_value() ? rh->data_ptr<T>() : nullptr;
+  kern.rw = rw.has_value() ? rw->data_ptr<T>() : nullptr;
+  kern.scale = static_cast<T>(scale);
+  return kern;
+}
+
+std::vector<at::Tensor> forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                const c10::optional<at::Tensor>& rh, const c10::optional<at::Tensor>& rw, double scale,
+                                int64_t h, int64_t w) {
+  TORCH_CHECK(q.scalar_type() == at::kFloat || q.scalar_type() == at::kDouble, "expected float32 or float64");
+  TORCH_CHECK(q.dim() == 3 && v.dim() == 3, "expected (pairs, depth, positions) tensors");
+  at::Tensor out = at::empty({q.size(0), v.size(1), q.size(2)}, q.options());
+  at::Tensor lse = at::empty({q.size(0), q.size(2)}, q.options());
+  pybind11::gil_scoped_release no_gil;
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "aacn_cpu_attention_forward", [&] {
+    make_kernel<scalar_t>(q, k, v, rh, rw, scale, h, w).forward(out.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>());
+  });
+  return {out, lse};
+}
+
+std::vector<at::Tensor> backward(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                 const c10::optional<at::Tensor>& rh, const c10::optional<at::Tensor>& rw,
+                                 const at::Tensor& out, const at::Tensor& lse, double scale, int64_t h, int64_t w) {
+  TORCH_CHECK(q.scalar_type() == at::kFloat || q.scalar_type() == at::kDouble, "expected float32 or float64");
+  TORCH_CHECK(q.dim() == 3 && v.dim() == 3, "expected (pairs, depth, positions) tensors");
+  check(dout, q, "grad_out", v.size(1), q.size(2));
+  check(out, q, "out", v.size(1), q.size(2));
+  TORCH_CHECK(lse.is_contiguous() && lse.scalar_type() == q.scalar_type() && lse.numel() == q.size(0) * q.size(2),
+              "lse: expected a contiguous (pairs, positions) tensor of q's dtype");
+  at::Tensor dq = at::empty_like(q);
+  at::Tensor dk = at::zeros_like(q);
+  at::Tensor dv = at::zeros_like(v);
+  at::Tensor drh = rh.has_value() ? at::empty_like(*rh) : at::empty({0}, q.options());
+  at::Tensor drw = rw.has_value() ? at::empty_like(*rw) : at::empty({0}, q.options());
+  pybind11::gil_scoped_release no_gil;
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "aacn_cpu_attention_backward", [&] {
+    make_kernel<scalar_t>(q, k, v, rh, rw, scale, h, w)
+        .backward(dout.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>(),
+                  dq.data_ptr<scalar_t>(), dk.data_ptr<scalar_t>(), dv.data_ptr<scalar_t>(),
+                  rh.has_value() ? drh.data_ptr<scalar_t>() : nullptr,
+                  rw.has_value() ? drw.data_ptr<scalar_t>() : nullptr);
+  });
+  return {dq, dk, dv, drh, drw};
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "aacn: exact 2D relative attention on the CPU (see aacn/nn/cpu_kernel.py)";
+  m.def("forward", &forward, "out (P, DV, N), lse (P, N)");
+  m.def("backward", &backward, "dq, dk, dv, drh, drw");
+}
