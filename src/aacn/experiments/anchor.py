@@ -54,6 +54,7 @@ from aacn.data import CifarData, Split, load_cifar, resolve_data_dir
 from aacn.errors import UserError
 from aacn.files import atomic_write, check_output_dir, strict_json, write_json
 from aacn.provenance import environment
+from aacn.train.lock import run_lock
 
 __all__ = ["ANCHORS", "INSTALL", "AnchorOutcome", "AnchorRun", "Trainer", "AirbenchTrainer", "airbench_arrays",
            "write_airbench_data", "epoch_row", "anchor_config", "default_out", "check_anchor", "airbench_trainer",
@@ -271,9 +272,17 @@ def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write(path, lambda fh: fh.write(text))
 
 
-def run_anchor(
+def run_anchor(anchor: str, **options: Any) -> AnchorRun:
+    """Train ``anchor`` into its record folder, holding that folder's lock (:func:`aacn.train.lock.run_lock`)
+    while it writes; ``options`` and what it raises are those of :func:`_run_anchor`."""
+    with contextlib.ExitStack() as held:
+        return _run_anchor(anchor, held=held, **options)
+
+
+def _run_anchor(
     anchor: str,
     *,
+    held: contextlib.ExitStack,
     data_dir: str | os.PathLike | None = None,
     out: str | os.PathLike | None = None,
     seed: int = 0,
@@ -295,6 +304,7 @@ def run_anchor(
     trainer = trainer if trainer is not None else airbench_trainer(anchor, device)
     path = Path(out) if out is not None else default_out(anchor, seed)
     stored = _stored_anchor_config(path)
+    held.enter_context(run_lock(path))  # one writer per record folder, until this function returns
     data = load_cifar(DATASET, data_dir, val_size=0)
     provenance_data = getattr(data, "provenance", None)
     config = anchor_config(anchor, data, seed, trainer.version, str(resolve_data_dir(data_dir)))

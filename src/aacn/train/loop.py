@@ -13,12 +13,14 @@ on CPU, ends with the same metrics as a run that was never interrupted.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
 import sys
 import time
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +29,7 @@ import torch
 from aacn.config import RunConfig
 from aacn.data.cifar import CifarData
 from aacn.errors import UserError
+from aacn.files import check_output_dir
 from aacn.provenance import environment
 from aacn.train import distributed
 from aacn.train.build import (
@@ -41,6 +44,7 @@ from aacn.train.build import (
 )
 from aacn.train.checkpoint import Position, restore, training_state
 from aacn.train.evaluate import count_parameters, evaluate, flops_per_image
+from aacn.train.lock import run_lock
 from aacn.train.progress import EpochProgress, describe_attention, format_epoch, percent
 from aacn.train.resume import Start, check_same_config, prepare_run_dir
 from aacn.train.step import AgreedStop, EpochState, Learner, NonFiniteLoss, train_one_epoch
@@ -61,7 +65,8 @@ def run(config: RunConfig, *, resume: bool = False, overwrite: bool = False) -> 
         resume = True  # torchrun --max-restarts restarted the worker group: go on from the last checkpoint
     ctx = distributed.init(config.device)
     try:
-        return _run(config, ctx, resume=resume, overwrite=overwrite)
+        with _one_writer(config, ctx):
+            return _run(config, ctx, resume=resume, overwrite=overwrite)
     except BaseException as exc:
         if ctx.distributed:  # free the DDP model (held by the traceback's frames) before its process group:
             traceback.clear_frames(exc.__traceback__)  # freed after it, gloo sometimes hung at exit
@@ -70,6 +75,27 @@ def run(config: RunConfig, *, resume: bool = False, overwrite: bool = False) -> 
         raise
     finally:
         distributed.shutdown(ctx)
+
+
+@contextlib.contextmanager
+def _one_writer(config: RunConfig, ctx: distributed.Context) -> Iterator[None]:
+    """Hold the lock of ``config.out`` (rank 0 takes it) for the whole run; every rank learns if it failed."""
+    check_output_dir(config.out, "--out")
+    held = contextlib.ExitStack()
+    error: UserError | None = None
+    if ctx.is_main:
+        try:
+            held.enter_context(run_lock(config.out))
+        except UserError as exc:
+            error = exc
+    if ctx.distributed:
+        failed = distributed.all_reduce_sum(torch.tensor([float(error is not None)], device=ctx.device), ctx)
+        if failed.item() and error is None:
+            raise UserError(f"{config.out} is in use by another process", all_ranks=True)
+    if error is not None:
+        raise UserError(str(error), all_ranks=True)
+    with held:
+        yield
 
 
 def _run(config: RunConfig, ctx: distributed.Context, *, resume: bool, overwrite: bool) -> dict[str, Any]:
