@@ -47,10 +47,11 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from aacn.inference import evaluate_run
 
-    r = evaluate_run(args.run_dir, dataset=args.dataset, tta=args.tta, data_dir=args.data_dir, device=args.device)
+    r = evaluate_run(args.run_dir, dataset=args.dataset, tta=args.tta, data_dir=args.data_dir, device=args.device,
+                     partial=args.partial)
     tta = f"; flip TTA top-1 {r['test_acc_tta']:.2f}%  top-5 {r['test_top5_tta']:.2f}%" if args.tta else ""
     print(f"{r['run']} on {r['dataset']} test: top-1 {r['test_acc']:.2f}%  top-5 {r['test_top5']:.2f}%  "
-          f"loss {r['test_loss']:.4f}{tta}")
+          f"loss {r['test_loss']:.4f}{tta}  ({r['weights']})")
     return 0
 
 
@@ -67,7 +68,7 @@ def _export(args: argparse.Namespace) -> int:
     from aacn.data.cifar import NUM_CLASSES
     from aacn.export import check_format, export_model
     from aacn.files import check_output_file
-    from aacn.inference import load_model
+    from aacn.inference import load_trained
     from aacn.train.records import RunDir
 
     if args.batch is not None and args.batch < 1:
@@ -77,16 +78,20 @@ def _export(args: argparse.Namespace) -> int:
     if not run.config_path.is_file():  # before --out's check, which would create the folder
         raise UserError(f"{run.path} is not a run directory (no config.json); pass a folder written by 'aacn train'")
     out = check_output_file(args.out or run.path / f"model.{args.format}", "--out")
-    config = RunConfig.load(run.config_path)
-    model = load_model(run.path)
+    weights = load_trained(run.path, partial=args.partial)
+    config, model = weights.config, weights.model
     example = torch.zeros(args.batch or 2, 3, 32, 32)  # the shape of CIFAR images; the values do not matter
     path = export_model(model, example, out, args.format, dynamic_batch=args.batch is None)
     batch = "any N" if args.batch is None else f"N = {args.batch} exactly"
-    print(f"wrote {path}: the {config.model} of {run.path} (newest checkpoint, eval mode) as {args.format}")
+    print(f"wrote {path}: the {config.model} of {run.path} ({weights.describe()}; eval mode) as {args.format}")
     print(f"input: float32 (N, 3, 32, 32), {batch}, images normalised as the run trained (--normalize "
           f"{config.normalize}, statistics of its training split); output: (N, {NUM_CLASSES[config.dataset]}) logits")
     print(f"load: {_LOAD_HINT[args.format].format(path=str(path))}")
     return 0
+
+
+_PARTIAL_HELP = ("use the newest checkpoint of an unfinished run (partial weights, said in the output); default: "
+                 "the final model of a finished run only")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,17 +109,18 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=_train)
 
     evaluate = sub.add_parser("evaluate", help="test accuracy of a trained run, as the run computed it",
-                              description="Test loss, top-1 and top-5 accuracy of the model in a run's newest "
-                                          "checkpoint, built from the run's own config.json.")
+                              description="Test loss, top-1 and top-5 accuracy of the model in a finished run's "
+                                          "final checkpoint, built from the run's own config.json.")
     evaluate.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by 'aacn train'")
     evaluate.add_argument("--dataset", choices=DATASETS, help="default: the run's")
     evaluate.add_argument("--tta", action="store_true", help="also with flip test-time augmentation")
     evaluate.add_argument("--data-dir", help="where CIFAR lives (default: the run's --data-dir)")
     evaluate.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    evaluate.add_argument("--partial", action="store_true", help=_PARTIAL_HELP)
     evaluate.set_defaults(func=_evaluate)
 
     export = sub.add_parser("export", help="write a trained run's model as a deployable file (pt2 or onnx)",
-                            description="Capture the model in a run's newest checkpoint, built from the run's "
+                            description="Capture the model in a run's final checkpoint, built from the run's "
                                         "own config.json, in eval mode as one graph (torch.export) and write it "
                                         "as a .pt2 program or an ONNX model (needs pip install onnx onnxscript).")
     export.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by 'aacn train'")
@@ -123,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", help="the file to write (default RUN_DIR/model.pt2 or RUN_DIR/model.onnx)")
     export.add_argument("--batch", type=int, default=None, metavar="N",
                         help="accept batches of exactly N images (a static graph; default: any batch size)")
+    export.add_argument("--partial", action="store_true", help=_PARTIAL_HELP)
     export.set_defaults(func=_export)
     commands.register(sub)
     return parser

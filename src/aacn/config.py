@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import Any
 from aacn.data.augment import NORMALIZE_MODES
 from aacn.data.cifar import NUM_CLASSES
 from aacn.errors import OptionError, UserError
+from aacn.files import read_json
 from aacn.nn.functional import IMPLS
 from aacn.options import (
     is_int,
@@ -339,13 +339,9 @@ class RunConfig:
         """The config of ``config.json`` at ``path`` (its ``"config"`` entry, or the whole file)."""
         path = Path(path)
         try:
-            data = json.loads(path.read_text())
+            data = read_json(path)  # bounded: size, depth, integers
         except FileNotFoundError:
             raise UserError(f"no config at {path}; is this a run directory written by 'aacn train'?") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise UserError(f"cannot read {path} ({exc}); the run directory is damaged") from None
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{path} is not valid JSON ({exc.msg}); the run directory is damaged") from None
         if isinstance(data, Mapping) and "config" in data:
             data = data["config"]
         try:

@@ -106,6 +106,8 @@ def _run(config: RunConfig, ctx: distributed.Context, *, resume: bool, overwrite
         return start.results
     amp_dtype = check_settings(config, ctx)
     data = load_data(config, ctx)
+    if start.action == "resume":
+        _check_same_data(start.run_dir, start.recorded_data, data, "its config.json records")
     session = _build(config, ctx, data, start, amp_dtype)
     position = _restore(session, start)
     _write_start_records(session)
@@ -171,10 +173,24 @@ def _restore(s: _Session, start: Start) -> Position:
         return Position()
     path, state = found
     check_same_config(s.run_dir, s.config, what="its checkpoint was made with", saved=state["config"])
+    _check_same_data(s.run_dir, state.get("data"), s.data, f"{path.name} was trained on")
     position = restore(s.learner, state, s.ctx)
     s.rows = [r for r in s.run_dir.read_metrics() if r["epoch"] <= position.epoch]
     _log(s.ctx, f"resuming {s.run_dir.path} from {path.name} (epoch {position.epoch}, step {position.step})")
     return position
+
+
+def _check_same_data(run_dir, recorded: Any, data: CifarData, where: str) -> None:
+    """Refuse to resume on images other than those the run trained on (their recorded fingerprints)."""
+    then = recorded.get("fingerprint") if isinstance(recorded, dict) else None
+    now = (_data_provenance(data) or {}).get("fingerprint")
+    if not isinstance(then, dict) or not isinstance(now, dict) or then == now:
+        return
+    splits = [k for k in sorted(set(then) | set(now), key=str) if then.get(k) != now.get(k)]
+    first = splits[0]
+    raise UserError(f"cannot resume {run_dir.path}: the data loaded now are not those {where} (fingerprint of "
+                    f"{', '.join(map(str, splits))}: {str(then.get(first))[:12]} recorded, {str(now.get(first))[:12]} "
+                    "now); pass the --data-dir (and data options) it trained with, or --overwrite", all_ranks=True)
 
 
 def _write_start_records(s: _Session) -> None:
@@ -200,7 +216,7 @@ def _announce(s: _Session) -> None:
 def _save(s: _Session, epoch: int, step: int, sums: list[float] | None) -> None:
     if s.ctx.is_main:
         state = training_state(s.learner, s.config, epoch=epoch, step=step, sums=sums,
-                               elapsed=time.perf_counter() - s.run_start)
+                               elapsed=time.perf_counter() - s.run_start, data=_data_provenance(s.data))
         s.run_dir.save_checkpoint(state, epoch, step, keep=s.config.checkpoint_keep)
 
 
