@@ -142,12 +142,13 @@ def evaluate_run(run_dir: str | os.PathLike, *, dataset: str | None = None, tta:
     from aacn.train.build import evaluation_loader
     from aacn.train.evaluate import evaluate
 
+    device_now = distributed.resolve_device(device)  # a bad --device is refused before anything is read
     run = RunDir(run_dir)
     config = _run_config(run)
     dataset = dataset or config.dataset
     if dataset not in NUM_CLASSES:
         raise UserError(f"unknown dataset {dataset!r}; choose one of {', '.join(NUM_CLASSES)}")
-    ctx = distributed.Context(device=distributed.resolve_device(device))
+    ctx = distributed.Context(device=device_now)
     weights = load_trained(run.path, num_classes=NUM_CLASSES[dataset], device=ctx.device, partial=partial)
     model = weights.model
     data = load_cifar(dataset, data_dir if data_dir is not None else config.data_dir, val_size=config.val_size,
