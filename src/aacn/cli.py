@@ -3,7 +3,7 @@
 
 ``python -m aacn ...`` and ``torchrun ... -m aacn train ...`` run the same code. Mistakes a user can make
 (bad flags, missing data, a run directory in the way) print one line and exit with code 2; set
-``AACN_DEBUG=1`` for the traceback. Ctrl-C saves a resumable checkpoint and exits with code 130.
+``AACN_DEBUG=1`` for the traceback. Ctrl-C saves a resumable checkpoint and exits with code 130 (SIGTERM: 143).
 """
 
 from __future__ import annotations
@@ -11,12 +11,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from aacn import __version__
-from aacn.config import DATASETS, OPTIONS, RunConfig, config_from_args, flag_of
-from aacn.errors import OptionError, UserError
-from aacn.experiments import commands
-from aacn.export import FORMATS
+from aacn.errors import OptionError, Terminated, UserError
+
+if TYPE_CHECKING:
+    from aacn.config import RunConfig
+# Everything else (torch included) is imported inside main(), where Ctrl-C during start-up is one line.
 
 
 class _Parser(argparse.ArgumentParser):
@@ -34,6 +36,7 @@ def default_out(config: RunConfig) -> str:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from aacn.config import config_from_args
     from aacn.train import run
 
     if args.resume and args.overwrite:
@@ -95,6 +98,10 @@ _PARTIAL_HELP = ("use the newest checkpoint of an unfinished run (partial weight
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from aacn.config import DATASETS
+    from aacn.experiments import commands
+    from aacn.export import FORMATS
+
     parser = _Parser(prog="aacn", description="Attention-augmented convolutional networks on CIFAR.")
     parser.add_argument("--version", action="version", version=f"aacn {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
@@ -150,13 +157,15 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(exc, "all_ranks", False) and os.environ.get("RANK", "0") != "0":
             return 2  # the same error on every rank: rank 0 says it once
         message = " ".join(str(exc).split())
+        from aacn.config import OPTIONS, flag_of
+
         if isinstance(exc, OptionError) and exc.option in OPTIONS and message.startswith(exc.option + " "):
             message = flag_of(exc.option) + message[len(exc.option):]  # library errors name options; we say flags
         print(f"aacn {args.command}: error: {message}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("aacn: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        print("aacn: interrupted" + (" (SIGTERM)" if isinstance(exc, Terminated) else ""), file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -28,7 +28,7 @@ import torch
 
 from aacn.config import RunConfig
 from aacn.data.cifar import CifarData
-from aacn.errors import UserError
+from aacn.errors import Terminated, UserError
 from aacn.files import check_output_dir
 from aacn.provenance import environment
 from aacn.train import distributed
@@ -243,7 +243,13 @@ def _one_epoch(s: _Session, epoch: int, position: Position, stop: _StopRequest) 
         finally:
             bar.close()
     except KeyboardInterrupt as exc:
+        if isinstance(exc, _Abort):
+            _log(ctx, f"\naborted at epoch {state.epoch + 1}, step {state.step}, without saving; --resume continues "
+                      f"from the last checkpoint in {s.run_dir.checkpoint_dir}", file=sys.stderr)
+            raise
         _interrupted(s, state, agreed=isinstance(exc, AgreedStop))
+        if stop.signum == signal.SIGTERM:
+            raise Terminated from None
         raise
     except NonFiniteLoss as bad:
         raise _non_finite_error(s, bad) from None
@@ -318,20 +324,33 @@ def _done_line(results: dict[str, Any], s: _Session) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ helpers
+class _Abort(KeyboardInterrupt):
+    """A third Ctrl-C: stop at once, without writing a checkpoint (the last one stays the newest)."""
+
+
 class _StopRequest:
     """Ctrl-C / SIGTERM handler that asks the loop to stop at the next step boundary.
 
-    Stopping only between steps keeps model, optimiser and scheduler consistent in the saved checkpoint. A
-    second Ctrl-C falls back to Python's default and interrupts at once.
+    Stopping only between steps keeps model, optimiser and scheduler consistent in the saved checkpoint, so a
+    resumed run is bit-identical to an uninterrupted one. A second Ctrl-C only says so (it still waits for the
+    step to end); a third aborts at once without writing a checkpoint. ``signum``: the first signal received.
     """
 
     def __init__(self) -> None:
         self.requested = False
+        self.signum: int | None = None
+        self._presses = 0
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum, frame) -> None:
+        self.signum = self.signum or signum
         if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
+            self._presses += 1
+            if self._presses >= 2:
+                raise _Abort
+            print("\nstopping at the end of this step to save a consistent checkpoint; press Ctrl-C once more to "
+                  "abort without saving", file=sys.stderr, flush=True)
+            return
         self.requested = True
 
     def __enter__(self) -> _StopRequest:
