@@ -90,6 +90,9 @@ def _export(args: argparse.Namespace) -> int:
     print(f"input: float32 (N, 3, 32, 32), {batch}, images normalised as the run trained (--normalize "
           f"{config.normalize}, statistics of its training split); output: (N, {NUM_CLASSES[config.dataset]}) logits")
     print(f"load: {_LOAD_HINT[args.format].format(path=str(path))}")
+    if args.format == "pt2":
+        print("trust: torch.export.load can run code from a crafted .pt2; load only files you trust (for weights "
+              "from elsewhere, aacn.load_model(RUN_DIR) reads them with weights_only=True)")
     return 0
 
 
