@@ -153,7 +153,7 @@ class _Crafted:
 @pytest.mark.parametrize("damage, words", [
     (lambda p: p.write_bytes(p.read_bytes()[:1000]), "not a loadable checkpoint"),
     (lambda p: (p.unlink(), p.mkdir()), "not a file but a folder"),
-    (lambda p: p.write_bytes(__import__("pickle").dumps(_Crafted())), "not a loadable checkpoint"),
+    (lambda p: p.write_bytes(__import__("pickle").dumps(_Crafted(), protocol=2)), "not a loadable checkpoint"),
     (lambda p: torch.save({"format": 1, "model": {"bogus": torch.zeros(1)}, "epoch": 2, "step": 0}, p),
      "does not hold the weights"),
 ])
