@@ -17,15 +17,17 @@ from aacn.viz.attention_maps import compute_attention_maps
 
 
 def _write_run(path, data_dir, attention) -> tuple[RunConfig, torch.nn.Module]:
-    """A run directory with config and one checkpoint of a randomly initialised model (no training)."""
-    cfg = RunConfig(model="wrn-10-1", data_dir=str(data_dir), subset=100, val_size=50, out=str(path),
+    """A finished run's directory: config, the final checkpoint of a randomly initialised model (no training)
+    and results."""
+    cfg = RunConfig(model="wrn-10-1", epochs=1, data_dir=str(data_dir), subset=100, val_size=50, out=str(path),
                     model_kwargs={"base_width": 4, "attention": attention, "num_heads": 2,
                                   "min_key_depth_per_head": 2})
     torch.manual_seed(0)
     model = create_model(cfg.model, 10, **cfg.model_kwargs).eval()
     run = RunDir(path)
     run.write_config(cfg.to_dict(), {"params": 0, "attention_layers": model.attention_layers})
-    run.save_checkpoint({"model": model.state_dict(), "epoch": 1}, 1)
+    run.save_checkpoint({"model": model.state_dict(), "epoch": 1, "step": 0, "config": cfg.to_dict()}, 1)
+    run.write_results({"config": cfg.to_dict()})
     return cfg, model
 
 
@@ -113,4 +115,4 @@ def test_run_without_checkpoint_is_one_line(tmp_path, tiny_cifar10, capsys):
         path.unlink()
     assert main(["attention-maps", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "no readable checkpoint" in err[0] and "aacn train" in err[0], err
+    assert len(err) == 1 and "epoch-0001.pt does not exist" in err[0], err  # the final one: no other is used

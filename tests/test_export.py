@@ -158,7 +158,9 @@ def test_aacn_export_bad_requests_are_one_line(aa_run, tmp_path, capsys, monkeyp
     bare.mkdir()
     (bare / "config.json").write_bytes((aa_run / "config.json").read_bytes())
     assert main(["export", str(bare)]) == 2
-    _one_line_error(capsys, "no readable checkpoint")
+    _one_line_error(capsys, "has not finished", "--partial")
+    assert main(["export", str(bare), "--partial"]) == 2
+    _one_line_error(capsys, "has no checkpoint")
     assert not (bare / "model.pt2").exists()
     assert main(["export", str(tmp_path / "nothing")]) == 2
     _one_line_error(capsys, "not a run directory")

@@ -3,7 +3,7 @@
 
 ``python -m aacn ...`` and ``torchrun ... -m aacn train ...`` run the same code. Mistakes a user can make
 (bad flags, missing data, a run directory in the way) print one line and exit with code 2; set
-``AACN_DEBUG=1`` for the traceback. Ctrl-C saves a resumable checkpoint and exits with code 130.
+``AACN_DEBUG=1`` for the traceback. Ctrl-C saves a resumable checkpoint and exits with code 130 (SIGTERM: 143).
 """
 
 from __future__ import annotations
@@ -11,12 +11,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from aacn import __version__
-from aacn.config import DATASETS, OPTIONS, RunConfig, config_from_args, flag_of
-from aacn.errors import OptionError, UserError
-from aacn.experiments import commands
-from aacn.export import FORMATS
+from aacn.errors import OptionError, Terminated, UserError
+
+if TYPE_CHECKING:
+    from aacn.config import RunConfig
+# Everything else (torch included) is imported inside main(), where Ctrl-C during start-up is one line.
 
 
 class _Parser(argparse.ArgumentParser):
@@ -34,6 +36,7 @@ def default_out(config: RunConfig) -> str:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from aacn.config import config_from_args
     from aacn.train import run
 
     if args.resume and args.overwrite:
@@ -47,10 +50,11 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from aacn.inference import evaluate_run
 
-    r = evaluate_run(args.run_dir, dataset=args.dataset, tta=args.tta, data_dir=args.data_dir, device=args.device)
+    r = evaluate_run(args.run_dir, dataset=args.dataset, tta=args.tta, data_dir=args.data_dir, device=args.device,
+                     partial=args.partial)
     tta = f"; flip TTA top-1 {r['test_acc_tta']:.2f}%  top-5 {r['test_top5_tta']:.2f}%" if args.tta else ""
     print(f"{r['run']} on {r['dataset']} test: top-1 {r['test_acc']:.2f}%  top-5 {r['test_top5']:.2f}%  "
-          f"loss {r['test_loss']:.4f}{tta}")
+          f"loss {r['test_loss']:.4f}{tta}  ({r['weights']})")
     return 0
 
 
@@ -67,7 +71,7 @@ def _export(args: argparse.Namespace) -> int:
     from aacn.data.cifar import NUM_CLASSES
     from aacn.export import check_format, export_model
     from aacn.files import check_output_file
-    from aacn.inference import load_model
+    from aacn.inference import load_trained
     from aacn.train.records import RunDir
 
     if args.batch is not None and args.batch < 1:
@@ -77,19 +81,30 @@ def _export(args: argparse.Namespace) -> int:
     if not run.config_path.is_file():  # before --out's check, which would create the folder
         raise UserError(f"{run.path} is not a run directory (no config.json); pass a folder written by 'aacn train'")
     out = check_output_file(args.out or run.path / f"model.{args.format}", "--out")
-    config = RunConfig.load(run.config_path)
-    model = load_model(run.path)
+    weights = load_trained(run.path, partial=args.partial)
+    config, model = weights.config, weights.model
     example = torch.zeros(args.batch or 2, 3, 32, 32)  # the shape of CIFAR images; the values do not matter
     path = export_model(model, example, out, args.format, dynamic_batch=args.batch is None)
     batch = "any N" if args.batch is None else f"N = {args.batch} exactly"
-    print(f"wrote {path}: the {config.model} of {run.path} (newest checkpoint, eval mode) as {args.format}")
+    print(f"wrote {path}: the {config.model} of {run.path} ({weights.describe()}; eval mode) as {args.format}")
     print(f"input: float32 (N, 3, 32, 32), {batch}, images normalised as the run trained (--normalize "
           f"{config.normalize}, statistics of its training split); output: (N, {NUM_CLASSES[config.dataset]}) logits")
     print(f"load: {_LOAD_HINT[args.format].format(path=str(path))}")
+    if args.format == "pt2":
+        print("trust: torch.export.load can run code from a crafted .pt2; load only files you trust (for weights "
+              "from elsewhere, aacn.load_model(RUN_DIR) reads them with weights_only=True)")
     return 0
 
 
+_PARTIAL_HELP = ("use the newest checkpoint of an unfinished run (partial weights, said in the output); default: "
+                 "the final model of a finished run only")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from aacn.config import DATASETS
+    from aacn.experiments import commands
+    from aacn.export import FORMATS
+
     parser = _Parser(prog="aacn", description="Attention-augmented convolutional networks on CIFAR.")
     parser.add_argument("--version", action="version", version=f"aacn {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
@@ -104,17 +119,18 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=_train)
 
     evaluate = sub.add_parser("evaluate", help="test accuracy of a trained run, as the run computed it",
-                              description="Test loss, top-1 and top-5 accuracy of the model in a run's newest "
-                                          "checkpoint, built from the run's own config.json.")
+                              description="Test loss, top-1 and top-5 accuracy of the model in a finished run's "
+                                          "final checkpoint, built from the run's own config.json.")
     evaluate.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by 'aacn train'")
     evaluate.add_argument("--dataset", choices=DATASETS, help="default: the run's")
     evaluate.add_argument("--tta", action="store_true", help="also with flip test-time augmentation")
     evaluate.add_argument("--data-dir", help="where CIFAR lives (default: the run's --data-dir)")
     evaluate.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    evaluate.add_argument("--partial", action="store_true", help=_PARTIAL_HELP)
     evaluate.set_defaults(func=_evaluate)
 
     export = sub.add_parser("export", help="write a trained run's model as a deployable file (pt2 or onnx)",
-                            description="Capture the model in a run's newest checkpoint, built from the run's "
+                            description="Capture the model in a run's final checkpoint, built from the run's "
                                         "own config.json, in eval mode as one graph (torch.export) and write it "
                                         "as a .pt2 program or an ONNX model (needs pip install onnx onnxscript).")
     export.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by 'aacn train'")
@@ -123,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", help="the file to write (default RUN_DIR/model.pt2 or RUN_DIR/model.onnx)")
     export.add_argument("--batch", type=int, default=None, metavar="N",
                         help="accept batches of exactly N images (a static graph; default: any batch size)")
+    export.add_argument("--partial", action="store_true", help=_PARTIAL_HELP)
     export.set_defaults(func=_export)
     commands.register(sub)
     return parser
@@ -143,13 +160,15 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(exc, "all_ranks", False) and os.environ.get("RANK", "0") != "0":
             return 2  # the same error on every rank: rank 0 says it once
         message = " ".join(str(exc).split())
+        from aacn.config import OPTIONS, flag_of
+
         if isinstance(exc, OptionError) and exc.option in OPTIONS and message.startswith(exc.option + " "):
             message = flag_of(exc.option) + message[len(exc.option):]  # library errors name options; we say flags
         print(f"aacn {args.command}: error: {message}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("aacn: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        print("aacn: interrupted" + (" (SIGTERM)" if isinstance(exc, Terminated) else ""), file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
 
 
 if __name__ == "__main__":  # pragma: no cover

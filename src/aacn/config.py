@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,8 +32,10 @@ from typing import Any
 from aacn.data.augment import NORMALIZE_MODES
 from aacn.data.cifar import NUM_CLASSES
 from aacn.errors import OptionError, UserError
+from aacn.files import read_json
 from aacn.nn.functional import IMPLS
 from aacn.options import (
+    at_most,
     is_int,
     is_real,
     kind_of,
@@ -86,14 +88,42 @@ PLACEMENTS = ("none", "seed", "paper")
 
 
 # ------------------------------------------------------------------------------------------------ checks
+# Upper bounds of numeric options: beyond them a value is a typo that would only exhaust memory or overflow.
+MAX_SEED = 2**63 - 1  # torch and numpy seeds are 64-bit
+MAX_IMAGES = 10**7  # CIFAR has 60,000 images
 def fraction(value: Any) -> str | None:
-    ok = is_real(value) and 0 < value <= 1
-    return None if ok else "must be a fraction in (0, 1] (e.g. 0.2; 1 = fully attentional)"
+    if not (is_real(value) and 0 < value <= 1):
+        return "must be a fraction in (0, 1] (e.g. 0.2; 1 = fully attentional)"
+    return None if value >= 1e-3 else "must be at least 0.001 (no attention layer is that thin)"
+
+
+MAX_WRN_DEPTH = 1000  # layers of a wrn-D-K; WRN-28-10 has 28
+MAX_PARAMS = 10**9  # about 4 GB of float32 weights: ~27x WRN-28-10
+_WRN = re.compile(r"wrn-(\d{1,12})-(\d{1,12})")
 
 
 def model_name(value: Any) -> str | None:
     ok = isinstance(value, str) and value.strip()
-    return None if ok else "must be a model name such as 'resnet34' or 'wrn-28-10'"
+    if not ok:
+        return "must be a model name such as 'resnet34' or 'wrn-28-10'"
+    match = _WRN.fullmatch(value.strip().lower())
+    if match and int(match.group(1)) > MAX_WRN_DEPTH:
+        return f"has depth {int(match.group(1)):,}, beyond the limit of {MAX_WRN_DEPTH:,} layers"
+    if value.strip().lower().startswith("wrn-") and not match:
+        return "must be wrn-D-K with a depth D and a widen factor K of at most 12 digits, e.g. wrn-28-10"
+    return None
+
+
+def estimated_params(config: ModelConfig) -> float:
+    """Roughly the parameters of ``config``'s network (its 3x3 convolutions), computed without building it."""
+    match = _WRN.fullmatch(config.name.strip().lower())
+    if match:
+        blocks, widen = max(0, (int(match.group(1)) - 4) // 6), int(match.group(2))
+        width = (config.base_width or 16) * widen
+        return 9.0 * 2 * blocks * sum((width * m) ** 2 for m in (1, 2, 4))
+    if config.name.strip().lower() == "resnet34":
+        return 21.3e6 * ((config.base_width or 64) / 64) ** 2
+    return 0.0
 
 
 def device_name(value: Any) -> str | None:
@@ -119,11 +149,11 @@ class AttentionConfig:
         "none", "attention placement: none | seed | paper | comma-separated block or conv names",
         flat="attention", check=placement_names, metavar="PLACEMENT")
     relative: bool = option(True, "relative position embeddings in the attention", flag="--no-relative")
-    num_heads: int = option(8, "Nh, attention heads", check=positive_int)
+    num_heads: int = option(8, "Nh, attention heads", check=at_most(positive_int, 1024))
     kappa: float = option(0.2, "dk / F_out, key depth as a fraction of the conv's output channels", check=fraction)
     upsilon: float = option(0.1, "dv / F_out, attention channels as a fraction of the conv's outputs",
                             check=fraction)
-    min_key_depth_per_head: int = option(20, "smallest key depth per head", check=positive_int)
+    min_key_depth_per_head: int = option(20, "smallest key depth per head", check=at_most(positive_int, 4096))
     impl: str = option("auto", "how attention is computed (the same numbers; triton: CUDA only)",
                        flat="attention_impl", choices=IMPLS, neutral=True)
 
@@ -157,7 +187,8 @@ class ModelConfig:
 
     name: str = option("resnet34", "resnet34 or wrn-D-K, e.g. wrn-28-10", flat="model", check=model_name)
     num_classes: int = option(10, "classifier outputs", check=positive_int, run=False)
-    base_width: int | None = option(None, "stage-1 width: narrows or widens the network", check=positive_int,
+    base_width: int | None = option(None, "stage-1 width: narrows or widens the network",
+                                    check=at_most(positive_int, 4096),
                                     default_text="the model family's")
     stem: str | None = option(None, "ResNet stem", choices=STEMS, default_text="cifar")
     dropout: float | None = option(None, "WRN dropout between the convs of a block", check=probability,
@@ -169,6 +200,11 @@ class ModelConfig:
         if isinstance(self.attention, Mapping):
             object.__setattr__(self, "attention", AttentionConfig(**self.attention))
         validate(self)
+        params = estimated_params(self)
+        if params > MAX_PARAMS:  # refused before anything is built: it would only exhaust memory
+            raise OptionError("model", f"model {self.name} (base width {self.base_width or 'default'}) would have "
+                                       f"about {params:.1e} parameters, beyond the limit of {MAX_PARAMS:.0e}; "
+                                       "choose a smaller depth, widen factor or --base-width")
 
 
 @dataclass(frozen=True)
@@ -179,10 +215,11 @@ class DataConfig:
     augment: bool = option(True, "random flip, pad and crop of the training images", flag="--no-augment")
     normalize: str = option("standard", "standard: per-channel mean/std; seed: /255 minus the per-pixel mean "
                             "(the replication's)", choices=NORMALIZE_MODES)
-    subset: int | None = option(None, "train on the first N training images only", check=positive_int,
+    subset: int | None = option(None, "train on the first N training images only",
+                                check=at_most(positive_int, MAX_IMAGES),
                                 default_text="all")
-    val_size: int = option(5000, "held-out validation images", check=non_negative_int)
-    split_seed: int = option(0, "seed of the train/validation split")
+    val_size: int = option(5000, "held-out validation images", check=at_most(non_negative_int, MAX_IMAGES))
+    split_seed: int = option(0, "seed of the train/validation split", check=at_most(non_negative_int, MAX_SEED))
     data_dir: str | None = option(None, "where CIFAR lives or is downloaded", neutral=True, sweep=False,
                                   default_text="$AACN_DATA, else a cache")
 
@@ -194,11 +231,12 @@ class DataConfig:
 class OptimConfig:
     """How long and how a run trains: epochs, global batch and a recipe (optimiser + LR schedule)."""
 
-    epochs: int = option(10, "training epochs", check=positive_int)
-    batch_size: int = option(128, "global batch size", check=positive_int)
+    epochs: int = option(10, "training epochs", check=at_most(positive_int, 100_000))
+    batch_size: int = option(128, "global batch size", check=at_most(positive_int, MAX_IMAGES))
     recipe: str = option("paper-sgd", "training recipe (optimiser and LR schedule, see aacn.train.recipes)")
-    lr: float | None = option(None, "base learning rate", check=positive_number, default_text="the recipe's")
-    weight_decay: float | None = option(None, "weight decay", check=non_negative_number,
+    lr: float | None = option(None, "base learning rate", check=at_most(positive_number, 1000.0),
+                              default_text="the recipe's")
+    weight_decay: float | None = option(None, "weight decay", check=at_most(non_negative_number, 10.0),
                                         default_text="the recipe's")
     label_smoothing: float | None = option(None, "label smoothing", check=probability, default_text="the recipe's")
 
@@ -217,9 +255,11 @@ class SystemConfig:
     compile: bool = option(False, "torch.compile the model", neutral=True, sweep=False)
     compile_mode: str = option("default", "torch.compile mode", choices=COMPILE_MODES, neutral=True, sweep=False)
     sync_bn: bool = option(False, "SyncBatchNorm under torchrun", sweep=False)
-    eval_batch_size: int = option(500, "batch size of evaluation", check=positive_int, neutral=True, sweep=False)
+    eval_batch_size: int = option(500, "batch size of evaluation", check=at_most(positive_int, MAX_IMAGES),
+                                  neutral=True, sweep=False)
     tta: bool = option(False, "also evaluate the test set with flip test-time augmentation", sweep=False)
-    checkpoint_keep: int = option(2, "checkpoints kept", check=positive_int, neutral=True, sweep=False, cli=False)
+    checkpoint_keep: int = option(2, "checkpoints kept", check=at_most(positive_int, 10_000), neutral=True,
+                                  sweep=False, cli=False)
     progress: bool = option(True, "progress bars", flag="--no-progress", neutral=True, sweep=False)
 
     def __post_init__(self) -> None:
@@ -246,7 +286,7 @@ class RunConfig:
     data: DataConfig
     optim: OptimConfig
     system: SystemConfig
-    seed: int = option(0, "seed of the weights and of the data order", check=non_negative_int)
+    seed: int = option(0, "seed of the weights and of the data order", check=at_most(non_negative_int, MAX_SEED))
     out: str = option("runs/run", "run directory", neutral=True, sweep=False, cli=False)
 
     def __init__(self, **kwargs: Any) -> None:
@@ -339,13 +379,9 @@ class RunConfig:
         """The config of ``config.json`` at ``path`` (its ``"config"`` entry, or the whole file)."""
         path = Path(path)
         try:
-            data = json.loads(path.read_text())
+            data = read_json(path)  # bounded: size, depth, integers
         except FileNotFoundError:
             raise UserError(f"no config at {path}; is this a run directory written by 'aacn train'?") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise UserError(f"cannot read {path} ({exc}); the run directory is damaged") from None
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{path} is not valid JSON ({exc.msg}); the run directory is damaged") from None
         if isinstance(data, Mapping) and "config" in data:
             data = data["config"]
         try:

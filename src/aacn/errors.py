@@ -28,3 +28,8 @@ class OptionError(UserError, ValueError):
     def __init__(self, option: str, message: str) -> None:
         super().__init__(message)
         self.option = option
+
+
+class Terminated(KeyboardInterrupt):
+    """Training stopped on SIGTERM (after saving its checkpoint); the CLI exits with 143 (128 + SIGTERM), as a
+    process killed by SIGTERM does, where Ctrl-C exits with 130."""

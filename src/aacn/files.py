@@ -26,7 +26,12 @@ from typing import Any
 
 from aacn.errors import UserError
 
-__all__ = ["atomic_write", "write_json", "strict_json", "check_output_dir", "check_output_file"]
+__all__ = ["atomic_write", "write_json", "strict_json", "read_json", "loads_json", "check_output_dir",
+           "check_output_file", "remove_stale_temporaries"]
+
+MAX_JSON_BYTES = 64 * 2**20  # far above any record aacn writes (a record is kilobytes, metrics a line per epoch)
+MAX_JSON_DEPTH = 32  # records nest a few levels deep
+MAX_JSON_INT = 2**63  # parameter counts, bytes and seeds fit; a float conversion never overflows
 
 
 def _umask() -> int:
@@ -81,6 +86,96 @@ def write_json(path: str | os.PathLike, data: Any) -> None:
     """Atomically write ``data`` as indented, strict JSON (non-finite numbers become ``null``)."""
     text = json.dumps(strict_json(data), indent=2, allow_nan=False, default=str) + "\n"
     atomic_write(path, lambda fh: fh.write(text))
+
+
+def _where(field: list[str]) -> str:
+    return ".".join(field) if field else "the top level"
+
+
+def _check_tree(value: Any, where: str) -> None:
+    """Refuse JSON nested deeper than :data:`MAX_JSON_DEPTH` or holding an integer of :data:`MAX_JSON_INT` or more."""
+    stack: list[tuple[Any, list[str]]] = [(value, [])]
+    while stack:
+        node, field = stack.pop()
+        if len(field) > MAX_JSON_DEPTH:
+            raise UserError(f"{where}: field {_where(field[:3])}... is nested more than {MAX_JSON_DEPTH} levels deep, "
+                            "which no aacn record is; restore or remove the record")
+        if isinstance(node, dict):
+            stack.extend((v, [*field, str(k)]) for k, v in node.items())
+        elif isinstance(node, list):
+            stack.extend((v, [*field, f"[{i}]"]) for i, v in enumerate(node))
+        elif isinstance(node, int) and not isinstance(node, bool) and abs(node) >= MAX_JSON_INT:
+            raise UserError(f"{where}: field {_where(field)} is an integer of {len(str(abs(node)))} digits, larger "
+                            "than any value aacn records; restore or remove the record")
+
+
+def loads_json(text: str, where: str) -> Any:
+    """Parse the JSON ``text`` of a record read from ``where`` (a file name), never running away on hostile input.
+
+    Raises :class:`UserError` naming ``where`` (and the field) for text that is not JSON, nests deeper than
+    :data:`MAX_JSON_DEPTH` or holds an integer of :data:`MAX_JSON_INT` or more. ``NaN`` (older records) is read.
+    """
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{where} is not valid JSON ({exc.msg} at line {exc.lineno}); restore or remove the record"
+                        ) from None
+    except RecursionError:
+        raise UserError(f"{where} is nested too deeply to be an aacn record; restore or remove the record") from None
+    except ValueError as exc:  # e.g. an integer of thousands of digits
+        raise UserError(f"{where} is not a usable record ({exc}); restore or remove the record") from None
+    _check_tree(value, where)
+    return value
+
+
+def read_text_bounded(path: str | os.PathLike, max_bytes: int | None = None) -> str:
+    """The UTF-8 text of ``path``, refused (:class:`UserError` naming it) beyond ``max_bytes`` (default
+    :data:`MAX_JSON_BYTES`) or when it cannot be read. ``FileNotFoundError`` is left to the caller."""
+    path = Path(path)
+    limit = MAX_JSON_BYTES if max_bytes is None else max_bytes
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(limit + 1)
+        if len(raw) > limit:
+            raise UserError(f"{path} is larger than {limit:,} bytes, which no aacn record is; restore or remove the "
+                            "record")
+        return raw.decode("utf-8")
+    except FileNotFoundError:
+        raise
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise UserError(f"{path} cannot be read ({reason}); fix its permissions or restore the record") from None
+
+
+def read_json(path: str | os.PathLike, *, max_bytes: int | None = None) -> Any:
+    """The JSON record in ``path``, read as :func:`loads_json` reads it; at most ``max_bytes`` are read
+    (default :data:`MAX_JSON_BYTES`).
+
+    Raises :class:`UserError` naming the file when it cannot be read, is larger, or is not a usable record.
+    ``FileNotFoundError`` is left to the caller, who knows what a missing file means.
+    """
+    text = read_text_bounded(path, max_bytes)
+    return loads_json(text, str(path))
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Remove what interrupted :func:`atomic_write` calls left in ``folder`` (``.NAME.*.tmp``); return them.
+
+    Call it only while no other process writes in ``folder`` (e.g. holding its run lock).
+    """
+    removed = []
+    try:
+        candidates = list(Path(folder).glob(".*.tmp"))
+    except OSError:
+        return removed
+    for path in candidates:
+        if path.is_file() and not path.is_symlink():
+            try:
+                path.unlink()
+            except OSError:
+                continue
+            removed.append(path)
+    return removed
 
 
 def check_output_dir(path: str | os.PathLike, option: str) -> Path:

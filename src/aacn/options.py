@@ -21,7 +21,7 @@ from typing import Any
 
 from aacn.errors import OptionError
 
-__all__ = ["option", "validate", "problem", "kind_of", "type_hints", "names_value", "is_int", "is_real",
+__all__ = ["at_most", "option", "validate", "problem", "kind_of", "type_hints", "names_value", "is_int", "is_real",
            "positive_int", "non_negative_int", "positive_number", "non_negative_number", "probability"]
 
 
@@ -56,6 +56,18 @@ def probability(value: Any) -> str | None:
 
 
 # ------------------------------------------------------------------------------------------ declarations
+def at_most(check: Callable[[Any], str | None], limit: float) -> Callable[[Any], str | None]:
+    """``check``, and no more than ``limit``: beyond any sane run, such values only exhaust memory or overflow."""
+    def bounded(value: Any) -> str | None:
+        wrong = check(value)
+        if wrong:
+            return wrong
+        return None if value <= limit else f"must be at most {limit:,} (a sane limit)"
+
+    bounded.__name__ = f"{getattr(check, '__name__', 'check')}_at_most"
+    return bounded
+
+
 def option(default: Any = None, help: str = "", *, flat: str | None = None, flag: str | None = None,
            choices: Iterable[str] | None = None, check: Callable[[Any], str | None] | None = None,
            neutral: bool = False, sweep: bool = True, cli: bool = True, run: bool = True,
@@ -95,7 +107,11 @@ def validate(obj: Any) -> None:
         if kind is tuple and isinstance(value, (str, list)):  # placements: names as a list or comma string
             value = names_value(value)
         elif kind is float and is_real(value):
-            value = float(value)
+            try:
+                value = float(value)
+            except OverflowError:
+                raise OptionError(name, f"{name} must be a finite number, got an integer of "
+                                        f"{len(str(abs(value)))} digits") from None
         wrong = problem(f, kind, value)
         if wrong:
             raise OptionError(name, f"{name} {wrong}, got {value!r}")

@@ -6,7 +6,9 @@ once: each file's MD5 is cached in ``.aacn-md5.json`` inside the folder, keyed b
 ``mtime_ns`` and ``ctime_ns``, and reused while all of them match. The status-change time cannot be set back, so
 even an edit that restores the modification time is seen; a ``chmod`` or a move just costs one re-hash. The cache
 is written atomically; a folder that cannot be written (read-only data) just means the hashes are recomputed next
-time. A cache file that is unreadable or malformed is ignored.
+time. A cache file that is unreadable or malformed is ignored. Trust boundary: the cache is believed as it is, so
+it guards against honest changes, not against someone who can write the folder (they can write a matching
+entry too); deleting ``.aacn-md5.json`` makes the next load hash every file from scratch.
 
 :func:`split_fingerprint` is the SHA-256 of a split's uint8 image bytes followed by its int64 (little-endian)
 label bytes: equal fingerprints mean the very same images, labels and order were trained on.

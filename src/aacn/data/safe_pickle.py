@@ -13,12 +13,17 @@ Allowed, by the name a pickle uses (both numpy 1.x ``numpy.core`` and numpy 2.x 
 * ``_codecs.encode`` with the ``latin1`` codec only: how Python 3 writes ``bytes`` at pickle protocol < 3;
 * ``builtins`` (``__builtin__`` in Python 2 pickles) ``dict``, ``list``, ``tuple``, ``set``, ``frozenset``,
   ``str``, ``bytes``, ``bytearray``, ``int``, ``float``, ``complex`` and ``bool``.
+
+Memory is bounded too: the callables that allocate by a size the file names (``bytearray(n)``, ``bytes(n)``,
+``numpy.ndarray(shape, dtype)``, ``_reconstruct``, ``scalar``) are refused when they ask for more bytes than the
+file holds (at least 1 MiB is allowed), before anything is allocated.
 """
 
 from __future__ import annotations
 
 import builtins
 import io
+import os
 import pickle
 from pathlib import Path
 from typing import BinaryIO
@@ -65,28 +70,100 @@ class ForbiddenGlobal(pickle.UnpicklingError):
         self.qualname = f"{module}.{name}"
 
 
+class TooLarge(pickle.UnpicklingError):
+    """The pickle asks for an object larger than its file could legitimately hold."""
+
+
+MIN_LIMIT = 2**20  # what any pickle may allocate, whatever its size (small containers, headers)
+
+
+def _nbytes(shape: object, dtype: object) -> int:
+    """Bytes of an array of ``shape`` and ``dtype`` (arguments as a pickle gives them), without allocating it."""
+    dims = (shape,) if isinstance(shape, int) else tuple(shape)  # type: ignore[arg-type]
+    total = np.dtype(dtype).itemsize  # type: ignore[arg-type]
+    for d in dims:
+        if not isinstance(d, int) or d < 0:
+            raise pickle.UnpicklingError(f"array dimension {d!r} is not a size")
+        total *= d
+    return total
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
+    """Resolves only :data:`ALLOWED_GLOBALS`; the callables that allocate by a size the file names (``bytes(n)``,
+    ``bytearray(n)``, ``numpy.ndarray(shape, dtype)``, ``_reconstruct``, ``scalar``) are checked against ``limit``
+    bytes first, so a 60-byte file cannot ask for gigabytes."""
+
+    def __init__(self, file: BinaryIO, limit: int) -> None:
+        super().__init__(file, encoding="latin1")
+        self.limit = max(limit, MIN_LIMIT)
+
+    def _check(self, nbytes: int, what: str) -> None:
+        if nbytes > self.limit:
+            raise TooLarge(f"{what} of {nbytes:,} bytes, more than the file could hold ({self.limit:,} bytes)")
+
     def find_class(self, module: str, name: str) -> object:
         try:
-            return ALLOWED_GLOBALS[(module, name)]
+            found = ALLOWED_GLOBALS[(module, name)]
         except KeyError:
             raise ForbiddenGlobal(module, name) from None
+        if found in (bytes, bytearray):
+            def sized(*args, _cls=found):
+                if args and isinstance(args[0], int):
+                    self._check(args[0], f"{_cls.__name__}({args[0]})")
+                return _cls(*args)
+            return sized
+        if found is np.ndarray:
+            return _NdarrayType(self)
+        if found is _multiarray._reconstruct:
+            def reconstruct(subtype, shape, dtype):
+                if isinstance(subtype, _NdarrayType):
+                    subtype = np.ndarray
+                if subtype is not np.ndarray:
+                    raise pickle.UnpicklingError(f"_reconstruct of {subtype!r} (only numpy.ndarray is allowed)")
+                self._check(_nbytes(shape, dtype), "an array")
+                return _multiarray._reconstruct(subtype, shape, dtype)
+            return reconstruct
+        if found is _multiarray.scalar:
+            def scalar(dtype, *args):
+                self._check(np.dtype(dtype).itemsize, "a scalar")
+                return _multiarray.scalar(dtype, *args)
+            return scalar
+        return found
 
     def persistent_load(self, pid: object) -> object:
         raise pickle.UnpicklingError("persistent ids are not allowed")
 
 
-def load_restricted(file: BinaryIO) -> object:
+class _NdarrayType:
+    """``numpy.ndarray`` as a pickle names it: the argument of ``_reconstruct``, or called with a checked size."""
+
+    def __init__(self, unpickler: _RestrictedUnpickler) -> None:
+        self._unpickler = unpickler
+
+    def __call__(self, shape, dtype=float, *args, **kwargs):
+        self._unpickler._check(_nbytes(shape, dtype), "an array")
+        return np.ndarray(shape, dtype, *args, **kwargs)
+
+
+def load_restricted(file: BinaryIO, limit: int | None = None) -> object:
     """Unpickle from ``file`` (Python 2 ``str`` decoded as latin-1), resolving only :data:`ALLOWED_GLOBALS`.
 
-    Raises :class:`ForbiddenGlobal` for any other global, and what ``pickle`` raises for a damaged stream.
+    ``limit``: the most bytes one object may ask for (default: the file's size; at least :data:`MIN_LIMIT`): an
+    array or buffer's data must be in the file, so a larger request is a crafted file, refused before any
+    memory is allocated. Raises :class:`ForbiddenGlobal` for any other global, :class:`TooLarge` for a larger
+    request, and what ``pickle`` raises for a damaged stream.
     """
-    return _RestrictedUnpickler(file, encoding="latin1").load()
+    if limit is None:
+        try:
+            limit = os.fstat(file.fileno()).st_size
+        except (AttributeError, OSError, io.UnsupportedOperation):
+            limit = len(file.getbuffer()) if isinstance(file, io.BytesIO) else MIN_LIMIT
+    return _RestrictedUnpickler(file, limit).load()
 
 
 def loads_restricted(data: bytes) -> object:
-    """:func:`load_restricted` from bytes."""
-    return load_restricted(io.BytesIO(data))
+    """:func:`load_restricted` from bytes (limited by their length)."""
+    return load_restricted(io.BytesIO(data), len(data))
 
 
 def load_pickle(path: Path) -> object:
@@ -101,6 +178,9 @@ def load_pickle(path: Path) -> object:
             return load_restricted(f)
     except OSError as e:
         raise read_error(path, e) from None
+    except TooLarge as e:
+        raise UserError(f"refusing to load {path}: it asks for {e}, which no CIFAR data file does (a crafted file "
+                        f"could exhaust memory this way); replace it with the official file") from None
     except ForbiddenGlobal as e:
         raise UserError(f"refusing to load {path}: it asks to call {e.qualname}, which no CIFAR data file "
                         f"holds (a crafted file could run code this way); replace it with the official "

@@ -55,6 +55,7 @@ from aacn.errors import UserError
 from aacn.experiments.airbench_cpu import cpu_float32, import_airbench
 from aacn.files import atomic_write, check_output_dir, strict_json, write_json
 from aacn.provenance import environment
+from aacn.train.lock import run_lock
 
 __all__ = ["ANCHORS", "INSTALL", "AnchorOutcome", "AnchorRun", "Trainer", "AirbenchTrainer", "airbench_arrays",
            "write_airbench_data", "epoch_row", "anchor_config", "default_out", "check_anchor", "airbench_trainer",
@@ -290,9 +291,17 @@ def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write(path, lambda fh: fh.write(text))
 
 
-def run_anchor(
+def run_anchor(anchor: str, **options: Any) -> AnchorRun:
+    """Train ``anchor`` into its record folder, holding that folder's lock (:func:`aacn.train.lock.run_lock`)
+    while it writes; ``options`` and what it raises are those of :func:`_run_anchor`."""
+    with contextlib.ExitStack() as held:
+        return _run_anchor(anchor, held=held, **options)
+
+
+def _run_anchor(
     anchor: str,
     *,
+    held: contextlib.ExitStack,
     data_dir: str | os.PathLike | None = None,
     out: str | os.PathLike | None = None,
     seed: int = 0,
@@ -314,6 +323,7 @@ def run_anchor(
     trainer = trainer if trainer is not None else airbench_trainer(anchor, device)
     path = Path(out) if out is not None else default_out(anchor, seed)
     stored = _stored_anchor_config(path)
+    held.enter_context(run_lock(path))  # one writer per record folder, until this function returns
     data = load_cifar(DATASET, data_dir, val_size=0)
     provenance_data = getattr(data, "provenance", None)
     precision = getattr(trainer, "precision", "fp16")

@@ -101,7 +101,7 @@ def _attention_maps(args: argparse.Namespace) -> int:
     from aacn.viz.attention_maps import attention_maps_command
 
     path = attention_maps_command(args.run_dir, layer=args.layer, image=args.image, pixels=args.pixels,
-                                  out=args.out, data_dir=args.data_dir)
+                                  out=args.out, data_dir=args.data_dir, partial=args.partial)
     print(f"wrote {path}")
     return 0
 
@@ -220,7 +220,7 @@ def _add_attention_maps(subparsers: argparse._SubParsersAction) -> None:
     p = _verb(
         subparsers, "attention-maps", _attention_maps,
         help="draw a trained AA layer's attention weights over a test image",
-        description="Rebuild the model of RUN_DIR, load its newest checkpoint and draw a grid (heads x query "
+        description="Rebuild the model of RUN_DIR, load its final checkpoint and draw a grid (heads x query "
                     "pixels) of the attention weights of one attention-augmented layer over test image I.")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--layer", help="attention layer name (default: the highest-resolution one)")
@@ -229,6 +229,8 @@ def _add_attention_maps(subparsers: argparse._SubParsersAction) -> None:
                    help="query pixels as X,Y = column,row in the 32x32 image (default: a few spread out)")
     p.add_argument("--out", help="PNG to write (default RUN_DIR/attention-<layer>-img<I>.png)")
     p.add_argument("--data-dir", help="CIFAR location (default: the run's)")
+    p.add_argument("--partial", action="store_true",
+                   help="use the newest checkpoint of an unfinished run (partial weights; said in the output)")
     # argparse takes "-1,3" for an option; read it as a pixel so the error says coordinates cannot be negative.
     p._negative_number_matcher = re.compile(r"^-\d+$|^-\d*\.\d+$|^-?\d+,-?\d+$")
 

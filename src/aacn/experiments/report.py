@@ -45,7 +45,8 @@ from aacn.config import OPTIONS, RESUME_MUTABLE, RunConfig
 from aacn.errors import UserError
 from aacn.experiments.effects import effects_markdown, table_effects
 from aacn.experiments.labels import run_label
-from aacn.files import atomic_write, check_output_dir
+from aacn.files import atomic_write, check_output_dir, read_json
+from aacn.train.record_check import check_record
 from aacn.train.records import RunDir
 from aacn.train.summary import summarize_partial
 
@@ -146,14 +147,7 @@ def _type_name(value: Any) -> str:
 
 
 def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}); restore or remove the record"
-                        ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise UserError(f"{path} cannot be read ({reason}); fix its permissions or restore the record") from None
+    return read_json(path)  # bounded: size, depth and integers (names the file and field)
 
 
 def _object(value: Any, path: Path, what: str) -> dict[str, Any]:
@@ -220,6 +214,8 @@ def load_run(path: str | os.PathLike) -> RunRecord:
         if not isinstance(data.get("differing_files") or [], list):
             raise UserError(f"{where}: 'data.differing_files' is {_type_name(data['differing_files'])}, not a list; "
                             f"the record is damaged or was not written by aacn; restore or remove it")
+    if kind == "train":  # a complete config.json that results.json agrees with (never filled with defaults)
+        check_record(run, stored, results)
     return RunRecord(run.path, config, info, results, metrics, kind, provenance, data)
 
 

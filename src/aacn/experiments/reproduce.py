@@ -21,6 +21,7 @@ from aacn.errors import UserError
 from aacn.experiments.estimate import Estimator, RunPlan, estimate_seconds, format_duration, load_average, plan_line
 from aacn.experiments.presets import preset, report_folder, run_folder
 from aacn.experiments.report import ReportResult, report
+from aacn.train.record_check import recorded_config
 from aacn.train.records import RunDir
 
 __all__ = ["default_out", "check_reuse", "train_or_resume", "train_all", "plan_runs", "dry_run", "reproduce",
@@ -40,8 +41,8 @@ def check_reuse(config: RunConfig) -> RunDir:
     Options that cannot change a result (:data:`aacn.config.RESULT_NEUTRAL`) are not compared.
     """
     run_dir = RunDir(config.out)
-    if run_dir.config_path.is_file():
-        saved = RunConfig.load(run_dir.config_path)
+    saved = recorded_config(run_dir)  # a consistent, complete record, or a UserError naming the file and field
+    if saved is not None:
         diffs = saved.differences(config)
         if diffs:
             state = "finished" if run_dir.is_finished() else "unfinished"

@@ -40,7 +40,8 @@ from aacn.experiments.report import (
     tabulate,
 )
 from aacn.experiments.reproduce import train_all
-from aacn.files import atomic_write
+from aacn.files import atomic_write, check_output_dir
+from aacn.train.lock import run_lock
 from aacn.train.progress import describe_attention
 from aacn.train.records import RunDir
 
@@ -193,7 +194,8 @@ def sweep(base: RunConfig, grid: dict[str, list[Any]], out: str | os.PathLike, *
     ``allow_mixed_data`` tabulates points trained on different images (see :func:`summarize`).
     """
     points = grid_points(base, grid, out)
-    check_points(points)
-    train_all(points, overwrite=overwrite, log=log,
-              heading=lambda i, cfg: f"== sweep point {i}/{len(points)}: {Path(cfg.out).name}")
-    return summarize([cfg.out for cfg in points], list(grid), out, allow_mixed_data=allow_mixed_data)
+    with run_lock(check_output_dir(out, "--out")):  # one sweep per folder; each point also locks its own
+        check_points(points)
+        train_all(points, overwrite=overwrite, log=log,
+                  heading=lambda i, cfg: f"== sweep point {i}/{len(points)}: {Path(cfg.out).name}")
+        return summarize([cfg.out for cfg in points], list(grid), out, allow_mixed_data=allow_mixed_data)

@@ -12,7 +12,8 @@ Paper symbols and their argument names:
 Rounding of fractions: a float ``f`` gives a per-head depth ``max(1, floor(f * out_channels / num_heads + 0.5))``
 (round half up), i.e. ``f * out_channels`` rounded to the nearest multiple of ``num_heads`` (at least
 ``num_heads``). For ``dv`` the result is then capped at the largest multiple of ``num_heads`` that is
-``<= out_channels``. Example: ``out_channels=64, num_heads=8, dk=0.2`` -> 12.8 -> dkh=2 -> dk=16.
+``<= out_channels``. Example: ``out_channels=64, num_heads=8, dk=0.2`` -> 12.8 -> dkh=2 -> dk=16. A fraction
+below :data:`MIN_FRACTION` (e.g. ``dk=1e-9``) is refused rather than rounded up to ``num_heads``.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
     return pair  # type: ignore[return-value]
 
 
+MIN_FRACTION = 1e-3  # the smallest dk/dv fraction accepted; the paper's are 0.1 to 0.25
+
+
 def resolve_depth(value: int | float, name: str, out_channels: int, num_heads: int) -> int:
     """Total depth (multiple of ``num_heads``) for ``dk``/``dv`` given as an int or a fraction of out_channels.
 
@@ -51,6 +55,9 @@ def resolve_depth(value: int | float, name: str, out_channels: int, num_heads: i
                 f"{name}: a float is a fraction of out_channels and must be in (0, 1], got {value}; "
                 f"pass an int for an absolute depth"
             )
+        if value < MIN_FRACTION:  # a typo (1e-9), which the rounding would silently turn into num_heads
+            raise ValueError(f"{name}: fraction {value} is below {MIN_FRACTION} (no attention layer is that thin); "
+                             f"pass a larger fraction or an int depth")
         depth = num_heads * max(1, math.floor(value * out_channels / num_heads + 0.5))
         if name == "dv" and depth > out_channels:
             depth = num_heads * (out_channels // num_heads)

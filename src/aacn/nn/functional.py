@@ -55,6 +55,8 @@ rel_w``, and keeps softmax statistics in float32 under bf16/fp16 autocast.
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -107,6 +109,9 @@ def _check_dtypes(q: Tensor, others: dict[str, Tensor | None]) -> None:
 
 def _check_inputs(q: Tensor, k: Tensor, v: Tensor | None, rel_h: Tensor | None, rel_w: Tensor | None) -> None:
     """Raise ``ValueError`` naming the argument when shapes or dtypes disagree with the contract."""
+    for name, t in (("q", q), ("k", k), ("v", v), ("rel_h", rel_h), ("rel_w", rel_w)):
+        if not isinstance(t, Tensor) and (t is not None or name in ("q", "k")):
+            raise ValueError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
     if q.dim() != 5:
         raise ValueError(f"q: expected a 5-d tensor (B, Nh, H, W, dkh), got shape {tuple(q.shape)}")
     b, nh, h, w, dkh = q.shape
@@ -127,7 +132,11 @@ def _check_inputs(q: Tensor, k: Tensor, v: Tensor | None, rel_h: Tensor | None, 
 
 
 def _scale(scale: float | None, dkh: int) -> float:
-    return dkh**-0.5 if scale is None else float(scale)
+    if scale is None:
+        return dkh**-0.5
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not math.isfinite(scale) or scale <= 0:
+        raise ValueError(f"scale: expected a finite positive number (default dkh ** -0.5), got {scale!r}")
+    return float(scale)
 
 
 def resolve_impl(impl: str, q: Tensor) -> str:
@@ -177,11 +186,12 @@ def relative_attention_2d(
             C++ kernel does not build).
     """
     _check_inputs(q, k, v, rel_h, rel_w)
+    logit_scale = _scale(scale, q.shape[-1])
     name = resolve_impl(impl, q)
     if q.shape[0] == 0 or q.shape[1] == 0:  # an empty batch (or no heads): an empty output, still in the graph
         others = [t.sum() for t in (q, k, rel_h, rel_w) if t is not None]
         return v.to(compute_dtype(q, k, v)) + 0 * sum(others)
-    return _IMPL_FUNCS[name](q, k, v, rel_h, rel_w, _scale(scale, q.shape[-1]))
+    return _IMPL_FUNCS[name](q, k, v, rel_h, rel_w, logit_scale)
 
 
 def _query_positions(queries: Sequence[Sequence[int]] | Tensor, h: int, w: int, device: torch.device):

@@ -2,8 +2,8 @@
 
 A checkpoint is the whole training state: model, optimiser, scheduler, grad-scaler and RNG state, the position
 (finished epochs, and steps into the next epoch for a checkpoint taken on Ctrl-C or SIGTERM), the run time so
-far, the partial training sums of a mid-epoch checkpoint and the run's config. Every value is a tensor or a
-plain Python value, so it loads with ``torch.load(weights_only=True)``.
+far, the partial training sums of a mid-epoch checkpoint, the run's config and its data's fingerprints. Every
+value is a tensor or a plain Python value, so it loads with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
@@ -35,14 +35,17 @@ class Position:
 
 
 def training_state(learner: Learner, config: RunConfig, *, epoch: int, step: int, sums: list[float] | None,
-                   elapsed: float) -> dict[str, Any]:
-    """The checkpoint of ``learner`` after ``epoch`` epochs and ``step`` batches of the next."""
+                   elapsed: float, data: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The checkpoint of ``learner`` after ``epoch`` epochs and ``step`` batches of the next; ``data``: the
+    provenance of the images it trains on (label and fingerprints), compared when the run resumes."""
     state = {
         "model": learner.raw_model.state_dict(), "optimizer": learner.optimizer.state_dict(),
         "scheduler": learner.scheduler.state_dict(), "scaler": learner.scaler.state_dict(),
         "rng_cpu": torch.get_rng_state(), "epoch": epoch, "step": step, "elapsed": elapsed,
         "partial": list(sums) if sums is not None else [0.0, 0.0, 0.0], "config": config.to_dict(),
     }
+    if data is not None:
+        state["data"] = data
     if learner.device.type == "cuda":
         state["rng_cuda"] = torch.cuda.get_rng_state(learner.device)
     return state

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from aacn.config import device_name
 from aacn.errors import UserError
 
 
@@ -44,6 +45,9 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
+    problem = device_name(name)
+    if problem:
+        raise UserError(f"--device {problem}, got {name!r}")
     device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():

@@ -13,12 +13,14 @@ on CPU, ends with the same metrics as a run that was never interrupted.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
 import sys
 import time
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +28,8 @@ import torch
 
 from aacn.config import RunConfig
 from aacn.data.cifar import CifarData
-from aacn.errors import UserError
+from aacn.errors import Terminated, UserError
+from aacn.files import check_output_dir
 from aacn.provenance import environment
 from aacn.train import distributed
 from aacn.train.build import (
@@ -41,6 +44,7 @@ from aacn.train.build import (
 )
 from aacn.train.checkpoint import Position, restore, training_state
 from aacn.train.evaluate import count_parameters, evaluate, flops_per_image
+from aacn.train.lock import run_lock
 from aacn.train.progress import (
     EpochProgress,
     depth_overrides,
@@ -68,7 +72,8 @@ def run(config: RunConfig, *, resume: bool = False, overwrite: bool = False) -> 
         resume = True  # torchrun --max-restarts restarted the worker group: go on from the last checkpoint
     ctx = distributed.init(config.device)
     try:
-        return _run(config, ctx, resume=resume, overwrite=overwrite)
+        with _one_writer(config, ctx):
+            return _run(config, ctx, resume=resume, overwrite=overwrite)
     except BaseException as exc:
         if ctx.distributed:  # free the DDP model (held by the traceback's frames) before its process group:
             traceback.clear_frames(exc.__traceback__)  # freed after it, gloo sometimes hung at exit
@@ -79,6 +84,27 @@ def run(config: RunConfig, *, resume: bool = False, overwrite: bool = False) -> 
         distributed.shutdown(ctx)
 
 
+@contextlib.contextmanager
+def _one_writer(config: RunConfig, ctx: distributed.Context) -> Iterator[None]:
+    """Hold the lock of ``config.out`` (rank 0 takes it) for the whole run; every rank learns if it failed."""
+    check_output_dir(config.out, "--out")
+    held = contextlib.ExitStack()
+    error: UserError | None = None
+    if ctx.is_main:
+        try:
+            held.enter_context(run_lock(config.out))
+        except UserError as exc:
+            error = exc
+    if ctx.distributed:
+        failed = distributed.all_reduce_sum(torch.tensor([float(error is not None)], device=ctx.device), ctx)
+        if failed.item() and error is None:
+            raise UserError(f"{config.out} is in use by another process", all_ranks=True)
+    if error is not None:
+        raise UserError(str(error), all_ranks=True)
+    with held:
+        yield
+
+
 def _run(config: RunConfig, ctx: distributed.Context, *, resume: bool, overwrite: bool) -> dict[str, Any]:
     start = prepare_run_dir(config, resume=resume, overwrite=overwrite)
     if start.action == "done":
@@ -87,6 +113,8 @@ def _run(config: RunConfig, ctx: distributed.Context, *, resume: bool, overwrite
         return start.results
     amp_dtype = check_settings(config, ctx)
     data = load_data(config, ctx)
+    if start.action == "resume":
+        _check_same_data(start.run_dir, start.recorded_data, data, "its config.json records")
     session = _build(config, ctx, data, start, amp_dtype)
     position = _restore(session, start)
     _write_start_records(session)
@@ -152,10 +180,24 @@ def _restore(s: _Session, start: Start) -> Position:
         return Position()
     path, state = found
     check_same_config(s.run_dir, s.config, what="its checkpoint was made with", saved=state["config"])
+    _check_same_data(s.run_dir, state.get("data"), s.data, f"{path.name} was trained on")
     position = restore(s.learner, state, s.ctx)
     s.rows = [r for r in s.run_dir.read_metrics() if r["epoch"] <= position.epoch]
     _log(s.ctx, f"resuming {s.run_dir.path} from {path.name} (epoch {position.epoch}, step {position.step})")
     return position
+
+
+def _check_same_data(run_dir, recorded: Any, data: CifarData, where: str) -> None:
+    """Refuse to resume on images other than those the run trained on (their recorded fingerprints)."""
+    then = recorded.get("fingerprint") if isinstance(recorded, dict) else None
+    now = (_data_provenance(data) or {}).get("fingerprint")
+    if not isinstance(then, dict) or not isinstance(now, dict) or then == now:
+        return
+    splits = [k for k in sorted(set(then) | set(now), key=str) if then.get(k) != now.get(k)]
+    first = splits[0]
+    raise UserError(f"cannot resume {run_dir.path}: the data loaded now are not those {where} (fingerprint of "
+                    f"{', '.join(map(str, splits))}: {str(then.get(first))[:12]} recorded, {str(now.get(first))[:12]} "
+                    "now); pass the --data-dir (and data options) it trained with, or --overwrite", all_ranks=True)
 
 
 def _write_start_records(s: _Session) -> None:
@@ -185,7 +227,7 @@ def _announce(s: _Session) -> None:
 def _save(s: _Session, epoch: int, step: int, sums: list[float] | None) -> None:
     if s.ctx.is_main:
         state = training_state(s.learner, s.config, epoch=epoch, step=step, sums=sums,
-                               elapsed=time.perf_counter() - s.run_start)
+                               elapsed=time.perf_counter() - s.run_start, data=_data_provenance(s.data))
         s.run_dir.save_checkpoint(state, epoch, step, keep=s.config.checkpoint_keep)
 
 
@@ -212,7 +254,13 @@ def _one_epoch(s: _Session, epoch: int, position: Position, stop: _StopRequest) 
         finally:
             bar.close()
     except KeyboardInterrupt as exc:
+        if isinstance(exc, _Abort):
+            _log(ctx, f"\naborted at epoch {state.epoch + 1}, step {state.step}, without saving; --resume continues "
+                      f"from the last checkpoint in {s.run_dir.checkpoint_dir}", file=sys.stderr)
+            raise
         _interrupted(s, state, agreed=isinstance(exc, AgreedStop))
+        if stop.signum == signal.SIGTERM:
+            raise Terminated from None
         raise
     except NonFiniteLoss as bad:
         raise _non_finite_error(s, bad) from None
@@ -287,20 +335,33 @@ def _done_line(results: dict[str, Any], s: _Session) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ helpers
+class _Abort(KeyboardInterrupt):
+    """A third Ctrl-C: stop at once, without writing a checkpoint (the last one stays the newest)."""
+
+
 class _StopRequest:
     """Ctrl-C / SIGTERM handler that asks the loop to stop at the next step boundary.
 
-    Stopping only between steps keeps model, optimiser and scheduler consistent in the saved checkpoint. A
-    second Ctrl-C falls back to Python's default and interrupts at once.
+    Stopping only between steps keeps model, optimiser and scheduler consistent in the saved checkpoint, so a
+    resumed run is bit-identical to an uninterrupted one. A second Ctrl-C only says so (it still waits for the
+    step to end); a third aborts at once without writing a checkpoint. ``signum``: the first signal received.
     """
 
     def __init__(self) -> None:
         self.requested = False
+        self.signum: int | None = None
+        self._presses = 0
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum, frame) -> None:
+        self.signum = self.signum or signum
         if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
+            self._presses += 1
+            if self._presses >= 2:
+                raise _Abort
+            print("\nstopping at the end of this step to save a consistent checkpoint; press Ctrl-C once more to "
+                  "abort without saving", file=sys.stderr, flush=True)
+            return
         self.requested = True
 
     def __enter__(self) -> _StopRequest:

@@ -50,13 +50,11 @@ class RunDir:
     def has_started(self) -> bool:
         return self.config_path.is_file() or self.metrics_path.is_file() or any(self.checkpoints())
 
-    def read_json(self, path: Path) -> dict[str, Any]:
+    def read_json(self, path: Path) -> Any:
         try:
-            return json.loads(path.read_text())
+            return files.read_json(path)
         except FileNotFoundError:
             raise UserError(f"{path} does not exist; is {self.path} a finished 'aacn train' run?") from None
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{path} is not valid JSON ({exc.msg}); the run directory is damaged") from None
 
     def read_config(self) -> dict[str, Any]:
         return self.read_json(self.config_path)
@@ -84,12 +82,15 @@ class RunDir:
         if not self.metrics_path.is_file():
             return []
         rows = []
-        for line in self.metrics_path.read_text().splitlines():
+        for line in files.read_text_bounded(self.metrics_path).splitlines():
             if line.strip():
                 try:
-                    rows.append(json.loads(line))
+                    json.loads(line)
                 except json.JSONDecodeError:
                     break  # a torn last line from a killed writer: everything before it is good
+                except (RecursionError, ValueError):
+                    pass  # refused below, naming the file
+                rows.append(files.loads_json(line, f"{self.metrics_path} line {len(rows) + 1}"))
         return rows
 
     def write_metrics(self, rows: list[dict[str, Any]]) -> None:
@@ -124,6 +125,32 @@ class RunDir:
         for old in self.checkpoints()[:-keep]:
             old.unlink(missing_ok=True)
         return path
+
+    def final_checkpoint_path(self, epochs: int) -> Path:
+        """Where a run of ``epochs`` epochs keeps its final model: ``checkpoints/epoch-NNNN.pt``."""
+        return self.checkpoint_dir / f"epoch-{epochs:04d}.pt"
+
+    def load_checkpoint(self, path: Path, map_location: Any = "cpu") -> dict[str, Any]:
+        """The checkpoint in ``path``, or a one-line :class:`UserError` saying which file is bad and what it is.
+
+        Never falls back to another file: callers that may (``--resume``) use :meth:`latest_checkpoint`.
+        """
+        if not path.exists():
+            raise UserError(f"{path} does not exist; the run's checkpoints were removed")
+        if not path.is_file():
+            raise UserError(f"{path} is not a file but a {'folder' if path.is_dir() else 'special file'}; the run's "
+                            "checkpoints are damaged")
+        try:
+            state = torch.load(path, map_location=map_location, weights_only=True)
+        except Exception as exc:  # truncated zip, crafted pickle, ...: weights_only never runs its code
+            reason = " ".join(str(exc).split())[:160] or type(exc).__name__
+            raise UserError(f"{path} is not a loadable checkpoint ({type(exc).__name__}: {reason}); it is truncated "
+                            "or was not written by aacn: retrain, or restore the file") from None
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT \
+                or not isinstance(state.get("model"), dict):
+            raise UserError(f"{path} loads but is not an aacn checkpoint (no format {CHECKPOINT_FORMAT} state with "
+                            "model weights); retrain, or restore the file")
+        return state
 
     def latest_checkpoint(self, map_location: Any = "cpu") -> tuple[Path, dict[str, Any]] | None:
         """The newest checkpoint that loads; truncated or corrupt ones are skipped with a warning."""

@@ -8,8 +8,11 @@ The rules never reuse a stale result and never continue a run under a different 
 * ``--resume`` on a finished run returns its results if its ``config.json`` equals the requested config
   (ignoring fields that cannot change a result, see :meth:`aacn.config.RunConfig.differences`), and is refused,
   naming the differing fields, otherwise.
+* A record that is not consistent (:mod:`aacn.train.record_check`: a ``config.json`` missing, incomplete or
+  disagreeing with ``results.json``) is refused, naming the file and the field.
 * ``--resume`` on an unfinished run compares the saved ``config.json`` (whether or not a checkpoint can be
-  read) and then the newest checkpoint's config; either difference is refused, naming the fields.
+  read) and then the newest checkpoint's config; either difference is refused, naming the fields. The data it loads
+  must have the fingerprint recorded in ``config.json`` and the checkpoint.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from typing import Any
 
 from aacn.config import RunConfig
 from aacn.errors import UserError
-from aacn.files import check_output_dir
+from aacn.files import check_output_dir, read_json, remove_stale_temporaries
+from aacn.train.record_check import complete_config, recorded_config
 from aacn.train.records import RunDir
 
 
@@ -31,40 +35,60 @@ class Start:
     run_dir: RunDir
     action: str
     results: dict[str, Any] | None = None
+    recorded_data: dict[str, Any] | None = None  # what config.json said about the data of a resumed run
 
 
 def prepare_run_dir(config: RunConfig, *, resume: bool, overwrite: bool) -> Start:
-    """Check ``config.out`` and decide what the run does with it (see the module docstring)."""
+    """Check ``config.out`` and decide what the run does with it (see the module docstring).
+
+    Call it holding the folder's lock (:func:`aacn.train.lock.run_lock`): it removes the temporary files that
+    interrupted atomic writes left when the run resumes or is overwritten.
+    """
     check_output_dir(config.out, "--out")
     run_dir = RunDir(config.out)
     if overwrite:
+        _remove_temporaries(run_dir)
         return Start(run_dir, "fresh")
     if run_dir.is_finished():
         if not resume:
             raise UserError(f"{run_dir.path} already holds a finished run; pass --resume to keep it, --overwrite "
                             "to train again, or choose another --out")
-        check_same_config(run_dir, config, what="it finished with")
+        check_same_config(run_dir, config, what="it finished with", saved=recorded_config(run_dir))
         return Start(run_dir, "done", run_dir.read_results())
     if not run_dir.has_started():
+        if resume:
+            _remove_temporaries(run_dir)
         return Start(run_dir, "resume" if resume else "fresh")
     if not resume:
         raise UserError(f"{run_dir.path} holds an unfinished run; pass --resume to continue it or --overwrite to "
                         "start over")
-    check_same_config(run_dir, config, what="its config.json holds")
-    return Start(run_dir, "resume")
+    stored = read_json(run_dir.config_path) if run_dir.config_path.is_file() else {}
+    if stored:
+        check_same_config(run_dir, config, what="its config.json holds",
+                          saved=complete_config(stored, run_dir.config_path))
+    _remove_temporaries(run_dir)
+    data = stored.get("data") if isinstance(stored, dict) else None
+    return Start(run_dir, "resume", recorded_data=data if isinstance(data, dict) else None)
+
+
+def _remove_temporaries(run_dir: RunDir) -> None:
+    for folder in (run_dir.path, run_dir.checkpoint_dir):
+        remove_stale_temporaries(folder)
 
 
 def check_same_config(run_dir: RunDir, config: RunConfig, *, what: str,
-                      saved: dict[str, Any] | None = None) -> None:
+                      saved: RunConfig | dict[str, Any] | None = None) -> None:
     """Refuse to go on with ``config`` where the run in ``run_dir`` was made with a different one.
 
-    ``saved``: the config dict to compare with (e.g. a checkpoint's); by default the run's ``config.json``
-    (nothing to compare when there is none).
+    ``saved``: the config to compare with (a checkpoint's dict, or a RunConfig already read from the record);
+    by default the run's complete ``config.json`` (nothing to compare when there is none).
     """
     if saved is None:
         if not run_dir.config_path.is_file():
             return
-        previous = RunConfig.load(run_dir.config_path)
+        previous = complete_config(read_json(run_dir.config_path), run_dir.config_path)
+    elif isinstance(saved, RunConfig):
+        previous = saved
     else:
         previous = RunConfig.from_dict(saved)
     diffs = previous.differences(config)

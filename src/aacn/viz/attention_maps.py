@@ -1,7 +1,8 @@
 """Attention maps of a trained attention-augmented layer: where does a query pixel look?
 
-``aacn attention-maps RUN_DIR`` rebuilds the run's model from ``config.json`` and loads its newest checkpoint
-(:func:`aacn.inference.load_model`, ``torch.load(weights_only=True)``), feeds one normalised test image,
+``aacn attention-maps RUN_DIR`` rebuilds the run's model from ``config.json`` and loads its final checkpoint
+(:func:`aacn.inference.load_model`, ``torch.load(weights_only=True)``; an unfinished run's newest only with
+``--partial``), feeds one normalised test image,
 captures the input of the chosen :class:`aacn.nn.AAConv2d` with a forward hook and asks it for
 :meth:`~aacn.nn.AAConv2d.attention_weights` of a few query pixels. The figure is a grid, heads (rows) × query
 pixels (columns): each panel shows the image with that head's attention over the layer's grid laid on top (one
@@ -29,6 +30,7 @@ from aacn.config import RunConfig
 from aacn.errors import UserError
 from aacn.files import check_output_dir, check_output_file
 from aacn.inference import load_model
+from aacn.train.record_check import recorded_config
 from aacn.train.records import RunDir
 
 __all__ = [
@@ -117,7 +119,7 @@ def _run_layers(run: RunDir) -> tuple[RunConfig, list[dict]]:
     if not run.config_path.is_file():
         raise UserError(f"{run.path} is not a run directory (no config.json); pass a folder written by 'aacn train'")
     stored = run.read_config()
-    config = RunConfig.from_dict(stored.get("config", stored))
+    config = recorded_config(run)
     layers = stored.get("info", {}).get("attention_layers") or []
     if not layers:
         raise UserError(f"run {run.path} has no attention layers (attention="
@@ -142,10 +144,12 @@ def compute_attention_maps(
     image: int = 0,
     pixels: Sequence[tuple[int, int]] | None = None,
     data_dir: str | os.PathLike | None = None,
+    partial: bool = False,
 ) -> AttentionMaps:
     """Attention weights of a trained run's AA layer for test image ``image`` (see the module docstring).
 
-    The model comes from :func:`aacn.inference.load_model` (the run's config and newest checkpoint).
+    The model comes from :func:`aacn.inference.load_model` (the run's config and final checkpoint; an unfinished
+    run's newest checkpoint only with ``partial``).
     Raises :class:`UserError` for a folder that is no run, a run without attention, an unknown layer (listing
     the valid ones), an image index out of range, a pixel outside the image or a run without checkpoints.
     """
@@ -162,7 +166,7 @@ def compute_attention_maps(
     if not 0 <= image < n_test:
         raise UserError(f"--image {image} is out of range: the {config.dataset} test set has {n_test} images "
                         f"(0..{n_test - 1})")
-    model = load_model(run.path, num_classes=data.num_classes)
+    model = load_model(run.path, num_classes=data.num_classes, partial=partial)
     normalizer = Normalizer(config.normalize, data.train.images)
     img_u8 = data.test.images[image : image + 1]
     weights, queries = layer_attention(model, layer, normalizer(img_u8), pixels)
