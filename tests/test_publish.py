@@ -55,8 +55,12 @@ def write_anchor(path: Path, test_acc: float = 93.0, tta: float = 94.0) -> Path:
 
 def row(md: str, section: str, label: str) -> str:
     """The table line of ``label`` in the section whose heading contains ``section``."""
-    part = md.split(section, 1)[1].split("\n#", 1)[0]
-    return next(line for line in part.splitlines() if line.startswith(f"| {label} "))
+    for part in md.split("\n#")[1:]:
+        heading, _, body = part.partition("\n")
+        lines = [line for line in body.splitlines() if line.startswith(f"| {label} ")]
+        if section in heading and lines:
+            return lines[0]
+    raise AssertionError(f"no row {label!r} under a heading with {section!r}")
 
 
 @pytest.fixture
@@ -65,7 +69,7 @@ def results(tmp_path) -> Path:
     that matches no row, an anchor and hand-written notes."""
     root = tmp_path / "results"
     rows = dict(preset("table2", "smoke"))
-    resnet, aa = rows["ResNet-34"], rows["AA-ResNet-34"]
+    resnet, aa = rows["ResNet-34 (1/8 width)"], rows["AA-ResNet-34 (1/8 width)"]
     write_record(root / "smoke" / run_slug("ResNet-34", 0), resnet, 50.0)
     write_record(root / "smoke" / run_slug("ResNet-34", 1), resnet.replace(seed=1), 52.0)
     aa_sdpa = aa.replace(attention_impl="sdpa", device="cpu")
@@ -82,17 +86,17 @@ def test_publish_writes_every_table_with_rows_anchors_curves_and_provenance(resu
     md = out.read_text()
     assert md == result.markdown
     t1, t2 = "Table 1: data augmentation", "Table 2: attention augmentation, seed placement"
-    assert "| 2 |" in row(md, t1, "ResNet-34").replace(" ", "").replace("|2|", "| 2 |")
-    assert "51.00 ± 1.41" in row(md, t1, "ResNet-34")  # seeds 0 and 1 averaged
-    assert "51.00 ± 1.41" in row(md, t2, "ResNet-34")  # the same runs serve both tables
-    assert "not run yet" in row(md, t1, "WRN-28-10 (no aug)")
-    aa = row(md, t2, "AA-ResNet-34")
+    assert "| 2 |" in row(md, t1, "ResNet-34 (1/8 width)").replace(" ", "").replace("|2|", "| 2 |")
+    assert "51.00 ± 1.41" in row(md, t1, "ResNet-34 (1/8 width)")  # seeds 0 and 1 averaged
+    assert "51.00 ± 1.41" in row(md, t2, "ResNet-34 (1/8 width)")  # the same runs serve both tables
+    assert "not run yet" in row(md, t1, "WRN-28-10 (1/8 width) (no aug)")
+    aa = row(md, t2, "AA-ResNet-34 (1/8 width)")
     assert "55.50" in aa and "official" in aa and "Some CPU" in aa and "fedcba987654" in aa
-    assert "not run yet" in row(md, "paper placement", "AA-ResNet-34")
+    assert "not run yet" in row(md, "paper placement", "AA-ResNet-34 (1/8 width)")
     anchor = row(md, t1, "airbench94 (anchor)")
     assert "93.00" in anchor and "94.00" in anchor
     assert "airbench94 (anchor)" not in md.split("CIFAR-100")[1].split("## Anchors")[0]  # CIFAR-10 anchor only
-    assert "44.00" in row(md, "Other runs at this scale", "ResNet-34")  # a run matching no row is still shown
+    assert "44.00" in row(md, "Other runs at this scale", "ResNet-34 (1/8 width)")  # a run matching no row is shown
     assert "Nothing is published at the `fast` scale yet" in md and "Nothing is published at the `full`" in md
     assert "smoke/resnet-34-seed1" in md.split("## Provenance of every run")[1]
     assert md.rstrip().endswith("Measured by hand: **AA/plain step time 1.9x**.")
@@ -113,9 +117,10 @@ def test_publishing_is_deterministic(results, tmp_path):
 def test_without_records_every_table_says_nothing_is_published(tmp_path):
     (tmp_path / "results").mkdir()
     md = publish(tmp_path / "results", tmp_path / "RESULTS.md").markdown
-    for scale in ("smoke", "fast", "full"):
+    for scale in ("smoke", "cpu", "fast", "full"):
         assert f"Nothing is published at the `{scale}` scale yet" in md
-    assert md.count("not run yet") == 12 and "No anchor is published yet" in md and "No run is published" in md
+    assert md.count("not run yet") == 16  # 4 tables x 4 scales
+    assert "No anchor is published yet" in md and "No run is published" in md
     assert not (tmp_path / "results" / "results").exists()  # no figures, no figure folder
 
 
@@ -139,13 +144,13 @@ def test_bad_records_are_one_line_and_nothing_is_written(results, tmp_path, caps
 
 
 def test_mixed_data_in_one_table_is_refused_unless_allowed(results, tmp_path):
-    cfg = dict(preset("table1", "smoke"))["WRN-28-10"]
+    cfg = dict(preset("table1", "smoke"))["WRN-28-10 (1/8 width)"]
     write_record(results / "smoke" / "wrn-28-10-seed0", cfg, 60.0, data_record=data("not official", "b" * 64))
     with pytest.raises(UserError, match="--allow-mixed-data") as err:
         publish(results, tmp_path / "RESULTS.md")
     assert "table1" in str(err.value) and "bbbbbbbbbbbb" in str(err.value)
     md = publish(results, tmp_path / "RESULTS.md", allow_mixed_data=True).markdown
-    assert "WRN-28-10 †" in md and "not official" in row(md, "Table 1", "WRN-28-10 †")
+    assert "WRN-28-10 (1/8 width) †" in md and "not official" in row(md, "Table 1", "WRN-28-10 (1/8 width) †")
 
 
 def test_cli_publish_and_its_misuse(results, tmp_path, capsys):

@@ -192,3 +192,41 @@ def test_reproduce_compiles_by_default_only_at_fast_scale_on_cuda(flag, scale, d
     from aacn.experiments.commands import compile_default
 
     assert compile_default(flag, scale, device) is expected
+
+
+def test_cpu_scale_is_the_study_on_two_cores():
+    runs = dict(preset("table2", "cpu", placement="paper"))
+    assert all(cfg.subset is None and cfg.val_size == 5000 and cfg.epochs == 10 and cfg.recipe == "fast"
+               and cfg.channels_last for cfg in runs.values())  # one recipe and epoch count for every row
+    assert runs["WRN-16-2"].model == "wrn-16-2" and runs["ResNet-34 (1/4 width)"].base_width == 16
+    aa = runs["AA-WRN-16-2"]
+    assert (aa.attention, aa.kappa, aa.upsilon, aa.num_heads) == ("paper", 0.2, 0.1, 1)
+    assert [layer["dk"] for layer in create_model(aa.arch).attention_layers] == [6, 6, 13, 13, 26, 26]  # kappa
+
+
+def test_dry_run_prints_every_run_with_an_estimate_and_trains_nothing(tmp_path, tiny_cifar10, monkeypatch, capsys):
+    calls: list[tuple[str, bool]] = []
+    monkeypatch.setattr(aacn.train, "run", _fake_trainer(calls))
+    out = tmp_path / "runs"
+    reproduce("table1", scale="smoke", out=out, log=lambda *a: None)  # every run finished
+    (out / "wrn-28-10-1-8-width-seed0" / "results.json").unlink()  # one started, not finished
+    calls.clear()
+    argv = ["reproduce", "table1", "--out", str(out), "--data-dir", str(tiny_cifar10), "--dry-run"]
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert calls == [] and "dry run: nothing trains" in lines[0] and "load" in lines[0]
+    assert "ResNet-34 (1/8 width), seed 0" in lines[1] and lines[1].endswith("finished (took 0 s)")
+    assert "WRN-28-10 (1/8 width), seed 0" in lines[3] and "resumes, est. " in lines[3]
+    assert lines[-1].startswith("total: 3 finished, 1 to train, est. ") and "longest: WRN-28-10" in lines[-1]
+    assert not (out / "table1" / "report.md").exists() or calls == []
+
+
+def test_estimates_scale_with_the_epochs():
+    from aacn.experiments.estimate import Estimator, estimate_seconds, format_duration
+
+    estimator = Estimator(steps=1)
+    (_, cfg), = [r for r in preset("table1", "smoke") if r[0] == "ResNet-34 (1/8 width)"]
+    one, ten = (estimate_seconds(estimator, cfg.replace(epochs=e)) for e in (1, 10))
+    assert len(estimator.cache) == 1 and 0 < one < ten  # timed once, then scaled
+    assert ten - one == pytest.approx(9 * (estimate_seconds(estimator, cfg.replace(epochs=2)) - one))
+    assert [format_duration(s) for s in (None, 45, 600, 9000)] == ["—", "45 s", "10 min", "2.5 h"]

@@ -214,3 +214,18 @@ def test_cli_sweep_refuses_mixed_data_unless_allowed(tmp_path, monkeypatch, caps
     assert main([*argv, "--allow-mixed-data"]) == 0
     out = capsys.readouterr().out
     assert " Data |" in out and "| num_heads=2 † |" in out
+
+
+def test_grid_points_that_train_the_same_model_are_refused_before_training(tmp_path, tiny_cifar10, monkeypatch):
+    monkeypatch.setattr(aacn.train, "run", lambda *a, **k: pytest.fail("nothing may train"))
+    base = RunConfig(model="wrn-10-1", attention="seed", base_width=4, epochs=1, val_size=100,
+                     data_dir=str(tiny_cifar10))
+    # at least 20 key dims per head: kappa 0.1 and 0.2 both give dk = 20 * num_heads
+    grid = parse_grid(["num_heads=1,2", "kappa=0.1,0.2"])
+    with pytest.raises(UserError, match=r"sweep points num_heads-1_kappa-0.1 and num_heads-1_kappa-0.2 train the "
+                                        r"same model \(1 attention-augmented conv\(s\): block3.0.conv1 @ 8x8 "
+                                        r"\(dk=20"):
+        sweep(base, grid, tmp_path / "sweep", log=lambda *a: None)
+    plain = RunConfig(model="wrn-10-1", base_width=4, epochs=1, val_size=100, data_dir=str(tiny_cifar10))
+    with pytest.raises(UserError, match="train the same model \\(no attention\\)"):
+        sweep(plain, parse_grid(["kappa=0.1,0.2"]), tmp_path / "sweep2", log=lambda *a: None)

@@ -83,8 +83,7 @@ class Effect:
         if self.n == 0:
             return "no verdict: the two rows share no finished seed"
         if self.lo is None or self.hi is None or self.mean is None:
-            return (f"no verdict: {self.n} seed pair ({self.mean:+.2f} points); an interval needs at least two "
-                    "seeds per row (aacn reproduce --seeds 3)")
+            return f"{self.mean:+.2f} points from one seed: no interval, no verdict (needs two or more seeds)"
         interval = f"[{self.lo:+.2f}, {self.hi:+.2f}]"
         if self.lo > 0:
             return f"helps by {self.mean:.2f} points {interval} (n={self.n})"

@@ -103,9 +103,11 @@ def grid_points(base: RunConfig, grid: dict[str, list[Any]], out: str | os.PathL
 
 def check_points(points: Sequence[RunConfig]) -> None:
     """Check every point before any trains: its recipe, its model (built on the ``meta`` device: no memory, no
-    compute), and its subset and batch size against the training split (loaded once per distinct split).
+    compute), that no two points train the same model with the same settings (their attention sizes compared
+    as the depths they resolve to), and its subset and batch size against the training split (loaded once per
+    distinct split).
 
-    Raises :class:`UserError` naming the first bad point and what is wrong with it.
+    Raises :class:`UserError` naming the first bad point (or pair of points) and what is wrong.
     """
     import torch
 
@@ -113,7 +115,6 @@ def check_points(points: Sequence[RunConfig]) -> None:
     from aacn.models import create_model
     from aacn.train.recipes import RECIPES
 
-    train_sizes: dict[tuple, int] = {}
     seen: dict[str, str] = {}  # what a point trains -> the first point that trains it
     for cfg in points:
         name = Path(cfg.out).name
@@ -129,6 +130,9 @@ def check_points(points: Sequence[RunConfig]) -> None:
             layers = describe_attention(list(getattr(model, "attention_layers", [])))
             raise UserError(f"sweep points {same} and {name} train the same model ({layers}) with the same "
                             "settings; drop one of the values, or change the other options so they differ")
+    train_sizes: dict[tuple, int] = {}
+    for cfg in points:
+        name = Path(cfg.out).name
         if RunDir(cfg.out).is_finished():
             continue  # its data were checked when it trained
         split = (cfg.dataset, cfg.data_dir, cfg.val_size, cfg.split_seed)
