@@ -122,9 +122,9 @@ def build_learner(model: nn.Module, config: RunConfig, ctx: distributed.Context,
     hyper-parameters for ``config.json``."""
     optimizer, scheduler, hyper = build_optimizer(
         config.recipe, model, epochs=config.epochs, steps_per_epoch=steps_per_epoch,
-        batch_size=config.batch_size, lr=config.lr, weight_decay=config.weight_decay)
-    smoothing = config.label_smoothing if config.label_smoothing is not None else RECIPES[config.recipe].label_smoothing
-    hyper["label_smoothing"] = smoothing
+        batch_size=config.batch_size, lr=config.lr, weight_decay=config.weight_decay,
+        label_smoothing=config.label_smoothing)
+    smoothing = hyper["label_smoothing"]
     step_model = model
     if ctx.distributed:
         ids = [ctx.device.index] if ctx.device.type == "cuda" else None

@@ -3,6 +3,7 @@
 Layout::
 
     RUN/config.json          {"config": RunConfig fields, "info": model/world/recipe facts,
+                              "recipe": the resolved recipe (aacn.train.recipes.resolved_recipe),
                               "provenance": code/software/device, "data": the data's label and fingerprint}
     RUN/metrics.jsonl        one JSON object per finished epoch
     RUN/checkpoints/epoch-0007.pt   (the newest ``checkpoint_keep`` are kept; see ``save_checkpoint``)
@@ -70,10 +71,10 @@ class RunDir:
         for ckpt in self.checkpoints():
             ckpt.unlink(missing_ok=True)
 
-    def write_config(self, config: dict[str, Any], info: dict[str, Any], *,
+    def write_config(self, config: dict[str, Any], info: dict[str, Any], *, recipe: dict[str, Any] | None = None,
                      provenance: dict[str, Any] | None = None, data: dict[str, Any] | None = None) -> None:
-        files.write_json(self.config_path, {"config": config, "info": info, "provenance": provenance,
-                                            "data": data})
+        record = {"config": config, "info": info, "recipe": recipe, "provenance": provenance, "data": data}
+        files.write_json(self.config_path, {k: v for k, v in record.items() if k != "recipe" or v is not None})
 
     def write_results(self, results: dict[str, Any]) -> None:
         files.write_json(self.results_path, results)
