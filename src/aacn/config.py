@@ -269,6 +269,8 @@ class SystemConfig:
     checkpoint_keep: int = option(2, "checkpoints kept", check=at_most(positive_int, 10_000), neutral=True,
                                   sweep=False, cli=False)
     progress: bool = option(True, "progress bars", flag="--no-progress", neutral=True, sweep=False)
+    tensorboard: bool = option(False, "also write TensorBoard logs (per-step loss and LR, per-epoch metrics) to "
+                               "RUN/tensorboard/; needs the tensorboard package", neutral=True, sweep=False)
 
     def __post_init__(self) -> None:
         validate(self)

@@ -145,7 +145,8 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
-_REPRODUCE_OPTIONS = ("data_dir", "device", "amp", "compile_mode", "tta", "eval_batch_size", "progress")
+_REPRODUCE_OPTIONS = ("data_dir", "device", "amp", "compile_mode", "tta", "eval_batch_size", "progress",
+                      "tensorboard")
 _OVERWRITE_HELP = "retrain runs whose saved settings differ from the requested ones (default: refuse, naming them)"
 
 

@@ -26,6 +26,7 @@ from aacn.train import distributed
 from aacn.train.recipes import RECIPES, build_optimizer
 from aacn.train.step import Learner
 from aacn.train.sync_bn import convert_sync_batchnorm
+from aacn.train.tensorboard import require_tensorboard
 
 
 def build_model(config: RunConfig, num_classes: int) -> nn.Module:
@@ -42,6 +43,8 @@ def check_settings(config: RunConfig, ctx: distributed.Context) -> torch.dtype |
         )
     if config.recipe not in RECIPES:
         raise UserError(f"unknown --recipe {config.recipe!r}; choose one of {', '.join(RECIPES)}", all_ranks=True)
+    if config.tensorboard:
+        require_tensorboard()
     amp_dtype = distributed.autocast_dtype(config.amp, ctx.device)
     if config.attention_impl == "triton" and config.attention not in (None, "none"):
         reason = triton_unavailable_reason(ctx.device, amp_dtype or torch.float32)

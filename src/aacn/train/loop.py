@@ -57,6 +57,7 @@ from aacn.train.recipes import resolved_recipe
 from aacn.train.resume import Start, check_same_config, prepare_run_dir
 from aacn.train.step import AgreedStop, EpochState, Learner, NonFiniteLoss, train_one_epoch
 from aacn.train.summary import epoch_row, summarize
+from aacn.train.tensorboard import TensorBoardLog
 
 MEMORY_ADVICE = "lower --batch-size or --base-width, or try --attention-impl chunked or --amp bf16"
 
@@ -120,8 +121,14 @@ def _run(config: RunConfig, ctx: distributed.Context, *, resume: bool, overwrite
     position = _restore(session, start)
     _write_start_records(session)
     _announce(session)
-    _train_epochs(session, position)
-    return _finish(session)
+    if config.tensorboard and ctx.is_main:  # after _restore, which clears a fresh run's folder
+        session.tensorboard = TensorBoardLog(session.run_dir.tensorboard_dir, len(session.loaders.train))
+    try:
+        _train_epochs(session, position)
+        return _finish(session)
+    finally:
+        if session.tensorboard is not None:
+            session.tensorboard.close()
 
 
 @dataclass
@@ -139,6 +146,7 @@ class _Session:
     provenance: dict[str, Any] | None
     rows: list[dict[str, Any]] = field(default_factory=list)
     run_start: float = 0.0
+    tensorboard: TensorBoardLog | None = None  # with --tensorboard, on rank 0
 
     @property
     def run_dir(self):
@@ -255,7 +263,8 @@ def _one_epoch(s: _Session, epoch: int, position: Position, stop: _StopRequest) 
     t0 = time.perf_counter()
     try:
         try:
-            train_one_epoch(s.learner, s.loaders.train, state, ctx, stop=stop, progress=bar)
+            train_one_epoch(s.learner, s.loaders.train, state, ctx, stop=stop, progress=bar,
+                            on_step=s.tensorboard.step if s.tensorboard is not None else None)
         finally:
             bar.close()
     except KeyboardInterrupt as exc:
@@ -284,6 +293,8 @@ def _one_epoch(s: _Session, epoch: int, position: Position, stop: _StopRequest) 
     s.rows.append(row)
     if ctx.is_main:  # metrics first: a resume drops rows newer than its checkpoint, never misses one
         s.run_dir.write_metrics(s.rows)
+    if s.tensorboard is not None:
+        s.tensorboard.epoch(row)
     _save(s, epoch + 1, 0, None)
     _log(ctx, format_epoch(row, s.config.epochs))
 

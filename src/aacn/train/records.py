@@ -7,6 +7,7 @@ Layout::
                               "provenance": code/software/device, "data": the data's label and fingerprint}
     RUN/metrics.jsonl        one JSON object per finished epoch
     RUN/checkpoints/epoch-0007.pt   (the newest ``checkpoint_keep`` are kept; see ``save_checkpoint``)
+    RUN/tensorboard/         TensorBoard event files, with ``--tensorboard`` (see :mod:`aacn.train.tensorboard`)
     RUN/results.json         written once, when the run has finished (see :mod:`aacn.train.summary`)
 
 Every file is written atomically through :func:`aacn.files.atomic_write` (temporary file in the same folder,
@@ -43,6 +44,7 @@ class RunDir:
         self.metrics_path = self.path / "metrics.jsonl"
         self.results_path = self.path / "results.json"
         self.checkpoint_dir = self.path / "checkpoints"
+        self.tensorboard_dir = self.path / "tensorboard"
 
     # ----------------------------------------------------------------------------------------- state
     def is_finished(self) -> bool:
@@ -70,6 +72,9 @@ class RunDir:
             path.unlink(missing_ok=True)
         for ckpt in self.checkpoints():
             ckpt.unlink(missing_ok=True)
+        if self.tensorboard_dir.is_dir():  # TensorBoard event files of the earlier run
+            for events in self.tensorboard_dir.glob("events.out.tfevents.*"):
+                events.unlink(missing_ok=True)
 
     def write_config(self, config: dict[str, Any], info: dict[str, Any], *, recipe: dict[str, Any] | None = None,
                      provenance: dict[str, Any] | None = None, data: dict[str, Any] | None = None) -> None:
