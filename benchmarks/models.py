@@ -45,19 +45,19 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_step import CPU_WIDTHS, StepBench, Variant, save_result, sync  # noqa: E402
 
+from aacn.experiments.presets import TABLE2_PLACEMENTS  # noqa: E402
 from aacn.models import create_model  # noqa: E402
 from aacn.nn.functional import IMPLS  # noqa: E402
 from aacn.nn.triton_attention import HAS_TRITON  # noqa: E402
 from aacn.train import distributed  # noqa: E402
 
 MMAP_THRESHOLD = "131072"
-PLACEMENTS = ("seed", "paper")
 
 
 def cases(impls: list[str], skip_reference: bool) -> list[tuple[str, str | None]]:
     """(placement, attention_impl) pairs: the plain model, then per placement the reference and each impl."""
     out: list[tuple[str, str | None]] = [("none", None)]
-    for placement in PLACEMENTS:
+    for placement in TABLE2_PLACEMENTS:
         out += [(placement, impl) for impl in ([] if skip_reference else ["reference"]) + impls]
     return out
 REFERENCE_TENSORS = 3  # (B, Nh, HW, HW) float32 tensors per layer kept for backward or alive at the peak

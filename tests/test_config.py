@@ -30,7 +30,7 @@ FLAT_NAMES = [
     "min_key_depth_per_head", "attention_impl", "dataset", "augment", "normalize", "subset", "val_size",
     "split_seed", "data_dir", "epochs", "batch_size", "recipe", "lr", "weight_decay", "label_smoothing", "device",
     "amp", "channels_last", "compile", "compile_mode", "sync_bn", "eval_batch_size", "tta", "checkpoint_keep",
-    "progress", "seed", "out",
+    "progress", "tensorboard", "seed", "out",
 ]
 SRC = Path(__file__).resolve().parents[1] / "src" / "aacn"
 
@@ -58,7 +58,7 @@ def test_defaults_are_the_declared_ones():
 
 def test_result_neutral_and_sweep_keys_come_from_the_declarations():
     assert RESULT_NEUTRAL == {"out", "data_dir", "progress", "device", "compile", "compile_mode", "eval_batch_size",
-                              "checkpoint_keep", "attention_impl"}
+                              "checkpoint_keep", "attention_impl", "tensorboard"}
     assert set(SWEEP_KEYS) == {"model", "base_width", "stem", "dropout", "attention", "relative", "num_heads",
                                "kappa", "upsilon", "min_key_depth_per_head", "attention_impl", "dataset", "augment",
                                "normalize", "subset", "val_size", "split_seed", "epochs", "batch_size", "recipe",
@@ -156,7 +156,8 @@ def test_every_flag_of_train_still_works():
         "val_size": 0, "split_seed": 2, "data_dir": "/d", "epochs": 3, "batch_size": 64, "recipe": "fast",
         "lr": 0.05, "weight_decay": 0.0, "label_smoothing": 0.1, "device": "cuda:1", "amp": "bf16",
         "channels_last": False, "compile": True, "compile_mode": "max-autotune", "sync_bn": True,
-        "eval_batch_size": 100, "tta": True, "checkpoint_keep": 2, "progress": False, "seed": 3, "out": "runs/run"}
+        "eval_batch_size": 100, "tta": True, "checkpoint_keep": 2, "progress": False, "tensorboard": False, "seed": 3,
+        "out": "runs/run"}
     assert config_from_args(_parse(["--stem", "imagenet", "--channels-last"])).flat() == {
         **RunConfig().flat(), "stem": "imagenet", "channels_last": True}
     assert config_from_args(_parse([])) == RunConfig()

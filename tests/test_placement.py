@@ -6,7 +6,11 @@ import pytest
 import torch
 from torch import nn
 
-from aacn.models import apply_attention, attention_depths, create_model, resolve_placement
+from aacn.cli import main
+from aacn.config import AttentionConfig, RunConfig
+from aacn.errors import OptionError
+from aacn.experiments.presets import TABLE2_PLACEMENTS
+from aacn.models import PLACEMENTS, Rule, apply_attention, attention_depths, create_model, resolve_placement
 
 PAPER_RESNET34 = [f"layer{s}.{i}.conv1" for s, n in ((2, 4), (3, 6), (4, 3)) for i in range(n)]
 PAPER_WRN28 = [f"block{g}.{i}.conv1" for g in (1, 2, 3) for i in range(4)]
@@ -93,7 +97,7 @@ def test_custom_placement() -> None:
         (3, "attention must be 'none', 'seed', 'paper' or a list of block names"),
     ],
 )
-def test_bad_placement(attention, fragment: str) -> None:
+def test_bad_placement(attention, fragment: str) -> None:  # the names come from the table of placements
     with pytest.raises(ValueError) as info:
         create_model("resnet34", base_width=2, attention=attention)
     assert fragment in str(info.value) and "\n" not in str(info.value)
@@ -243,3 +247,31 @@ def test_forward_backward_every_variant(name: str, blocks: tuple[str, str], vari
         grads = [p.grad for p in m.parameters()]
         assert all(g is not None and torch.isfinite(g).all() for g in grads), n
         assert any(g.abs().sum() > 0 for g in grads), n
+
+
+# ---------------------------------------------------------------------- placements are one table of data
+def test_adding_a_placement_is_one_entry_of_the_table(monkeypatch, capsys) -> None:
+    monkeypatch.setitem(PLACEMENTS, "late", {"resnet": Rule(conv=0, from_stage=4), "wrn": Rule(conv=0, from_stage=3)})
+    resnet = create_model("resnet34", base_width=2, attention="late", **TINY)
+    assert [layer["name"] for layer in resnet.attention_layers] == ["layer4.0.conv1", "layer4.1.conv1",
+                                                                     "layer4.2.conv1"]
+    wrn = create_model("wrn-16-1", attention="late", **TINY)
+    assert [layer["name"] for layer in wrn.attention_layers] == ["block3.0.conv1", "block3.1.conv1"]
+    assert RunConfig(attention="late").arch.attention.enabled
+    # the checks, their messages and the CLI's help name it
+    with pytest.raises(OptionError, match="must be 'none', 'seed', 'paper', 'late' or a list of block names"):
+        AttentionConfig(placement=3)
+    with pytest.raises(ValueError, match="unknown placement or block 'lat': use 'none', 'seed', 'paper', 'late',"):
+        create_model("resnet34", base_width=2, attention="lat")
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert "none | seed | paper | late |" in " ".join(capsys.readouterr().out.split())
+    # a placement without a rule for a family says so
+    monkeypatch.setitem(PLACEMENTS, "resnet-only", {"resnet": Rule(last=2)})
+    assert len(create_model("resnet34", base_width=2, attention="resnet-only", **TINY).attention_layers) == 2
+    with pytest.raises(ValueError, match="placement 'resnet-only' has no rule for architecture family 'wrn'"):
+        create_model("wrn-16-1", attention="resnet-only", **TINY)
+
+
+def test_table2_placements_are_named_placements() -> None:
+    assert TABLE2_PLACEMENTS == ("seed", "paper") and set(TABLE2_PLACEMENTS) <= set(PLACEMENTS)

@@ -58,7 +58,6 @@ __all__ = [
     "DEVICES",
     "STEMS",
     "COMPILE_MODES",
-    "PLACEMENTS",
     "ATTENTION_KWARGS",
     "option",
     "Option",
@@ -84,7 +83,6 @@ AMP_MODES = ("auto", "bf16", "fp16", "none")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 STEMS = ("cifar", "imagenet")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
-PLACEMENTS = ("none", "seed", "paper")
 
 
 # ------------------------------------------------------------------------------------------------ checks
@@ -133,12 +131,23 @@ def device_name(value: Any) -> str | None:
     return f"must be one of {', '.join(DEVICES)} or cuda:N"
 
 
+def _placement_table() -> Any:
+    # The table of named placements lives with the models, which import this module: it is read when used.
+    from aacn.models import placement_rules
+
+    return placement_rules
+
+
 def placement_names(value: Any) -> str | None:
     if isinstance(value, str) and value:
         return None
     if isinstance(value, tuple) and value and all(isinstance(n, str) and n for n in value):
         return None
-    return "must be 'none', 'seed', 'paper' or a list of block names"
+    return f"must be {_placement_table().describe_placements()} or a list of block names"
+
+
+def placement_help() -> str:
+    return f"attention placement: {' | '.join(_placement_table().PLACEMENTS)} | comma-separated block or conv names"
 
 
 @dataclass(frozen=True)
@@ -146,8 +155,7 @@ class AttentionConfig:
     """Where attention goes in a network and how it is shaped (Bello et al. 2019's Nh, kappa, upsilon)."""
 
     placement: str | tuple[str, ...] = option(
-        "none", "attention placement: none | seed | paper | comma-separated block or conv names",
-        flat="attention", check=placement_names, metavar="PLACEMENT")
+        "none", placement_help, flat="attention", check=placement_names, metavar="PLACEMENT")
     relative: bool = option(True, "relative position embeddings in the attention", flag="--no-relative")
     num_heads: int = option(8, "Nh, attention heads", check=at_most(positive_int, 1024))
     kappa: float = option(0.2, "dk / F_out, key depth as a fraction of the conv's output channels", check=fraction)
@@ -261,6 +269,8 @@ class SystemConfig:
     checkpoint_keep: int = option(2, "checkpoints kept", check=at_most(positive_int, 10_000), neutral=True,
                                   sweep=False, cli=False)
     progress: bool = option(True, "progress bars", flag="--no-progress", neutral=True, sweep=False)
+    tensorboard: bool = option(False, "also write TensorBoard logs (per-step loss and LR, per-epoch metrics) to "
+                               "RUN/tensorboard/; needs the tensorboard package", neutral=True, sweep=False)
 
     def __post_init__(self) -> None:
         validate(self)
@@ -486,7 +496,8 @@ SWEEP_KEYS: dict[str, Option] = {name: opt for name, opt in OPTIONS.items() if o
 
 for _name, _opt in OPTIONS.items():  # config.epochs, config.kappa, config.model, ...
     if not hasattr(RunConfig, _name):
-        setattr(RunConfig, _name, property(_opt.get, doc=_opt.field.metadata["help"]))
+        setattr(RunConfig, _name, property(_opt.get, doc=_opt.field.metadata["help"]
+                                           if isinstance(_opt.field.metadata["help"], str) else None))
 
 
 _TRUE, _FALSE = ("true", "yes", "1", "on"), ("false", "no", "0", "off")
@@ -553,7 +564,7 @@ def _arg_type(name: str) -> Callable[[str], Any]:
 
 def _help(opt: Option) -> str:
     meta = opt.field.metadata
-    text = meta["help"]
+    text = meta["help"]() if callable(meta["help"]) else meta["help"]
     default = meta["default_text"] if opt.default is None else opt.default
     if opt.kind is bool and opt.default is True:
         return f"no {text}" if meta["flag"] and meta["flag"].startswith("--no-") else text

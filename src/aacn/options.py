@@ -68,7 +68,7 @@ def at_most(check: Callable[[Any], str | None], limit: float) -> Callable[[Any],
     return bounded
 
 
-def option(default: Any = None, help: str = "", *, flat: str | None = None, flag: str | None = None,
+def option(default: Any = None, help: str | Callable[[], str] = "", *, flat: str | None = None, flag: str | None = None,
            choices: Iterable[str] | None = None, check: Callable[[Any], str | None] | None = None,
            neutral: bool = False, sweep: bool = True, cli: bool = True, run: bool = True,
            default_text: str | None = None, metavar: str | None = None) -> Any:
@@ -76,7 +76,8 @@ def option(default: Any = None, help: str = "", *, flat: str | None = None, flag
 
     Args:
         default: the value when the option is not given.
-        help: what the option does (the CLI help; the default is appended to it).
+        help: what the option does (the CLI help; the default is appended to it), or a function that returns
+            it when it is shown (for help that names values a lower layer cannot import when it is loaded).
         flat: the option's run-wide name when it differs from the field's (``impl`` -> ``attention_impl``).
         flag: the CLI flag when it is not ``--<flat-name-with-dashes>`` (``--no-augment`` for a true default).
         choices: the allowed values.

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from aacn.config import add_arguments, config_from_args, given_options
 from aacn.errors import UserError
-from aacn.experiments.presets import PLACEMENTS, SCALES, TABLES
+from aacn.experiments.presets import SCALES, TABLE2_PLACEMENTS, TABLES
 from aacn.nn.functional import IMPLS
 from aacn.train.recipes import RECIPES
 
@@ -145,7 +145,8 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
-_REPRODUCE_OPTIONS = ("data_dir", "device", "amp", "compile_mode", "tta", "eval_batch_size", "progress")
+_REPRODUCE_OPTIONS = ("data_dir", "device", "amp", "compile_mode", "tta", "eval_batch_size", "progress",
+                      "tensorboard")
 _OVERWRITE_HELP = "retrain runs whose saved settings differ from the requested ones (default: refuse, naming them)"
 
 
@@ -167,7 +168,7 @@ def _add_reproduce(subparsers: argparse._SubParsersAction) -> None:
                         "(full split, narrow models, 10 epochs); fast: one modern GPU; full: the replication's "
                         "epochs (default smoke)")
     p.add_argument("--seeds", type=_positive_int, default=1, help="runs per row, seeds 0..N-1 (default 1)")
-    p.add_argument("--placement", choices=PLACEMENTS,
+    p.add_argument("--placement", choices=TABLE2_PLACEMENTS,
                    help="table2 only: the replication's single attention layer (seed, default) or the paper's")
     p.add_argument("--attention-impl", choices=IMPLS,
                    help="attention implementation of the attention rows (default auto; triton: CUDA only)")

@@ -48,7 +48,7 @@ from aacn.experiments.labels import run_label
 from aacn.models import model_family
 from aacn.nn.functional import IMPLS
 
-__all__ = ["TABLES", "SCALES", "PLACEMENTS", "ROWS", "SCALE_SETTINGS", "SMOKE_ATTENTION", "ATTENTION_SETTINGS",
+__all__ = ["TABLES", "SCALES", "TABLE2_PLACEMENTS", "ROWS", "SCALE_SETTINGS", "SMOKE_ATTENTION", "ATTENTION_SETTINGS",
            "SCALE_NOTES", "Row", "preset", "scale_settings", "run_slug", "run_folder", "report_folder"]
 
 RESNET, WRN = "resnet34", "wrn-28-10"
@@ -126,7 +126,7 @@ SCALE_NOTES: dict[str, str] = {
 
 TABLES = tuple(ROWS)
 SCALES = ("smoke", "cpu", "fast", "full")
-PLACEMENTS = ("seed", "paper")
+TABLE2_PLACEMENTS = ("seed", "paper")  # the placements a Table 2 can use (names of aacn.models.PLACEMENTS)
 
 
 def scale_settings(model: str, scale: str, *, attention: object = "none", dataset: str = "cifar10"
@@ -175,8 +175,8 @@ def preset(
         raise ValueError(f"unknown table {table!r}; choose one of {', '.join(TABLES)}")
     if scale not in SCALES:
         raise ValueError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}")
-    if placement not in PLACEMENTS:
-        raise ValueError(f"unknown placement {placement!r}; choose one of {', '.join(PLACEMENTS)}")
+    if placement not in TABLE2_PLACEMENTS:
+        raise ValueError(f"unknown placement {placement!r}; choose one of {', '.join(TABLE2_PLACEMENTS)}")
     if not isinstance(seeds, int) or seeds < 1:
         raise ValueError(f"seeds must be a positive integer, got {seeds!r}")
     unknown = sorted(set(overrides) - set(OPTIONS))

@@ -36,7 +36,7 @@ from typing import Any
 
 from aacn.errors import UserError
 from aacn.experiments.effects import effects_markdown, table_effects
-from aacn.experiments.presets import SCALE_NOTES, SCALES, preset
+from aacn.experiments.presets import SCALE_NOTES, SCALES, TABLE2_PLACEMENTS, preset
 from aacn.experiments.report import (
     METRICS,
     PROVENANCE_COLUMNS,
@@ -67,8 +67,7 @@ FIGURES_DIR = "results"  # beside OUT_MD
 # The tables of the page: (table, placement, title). Table 2 appears once per attention placement.
 VIEWS: tuple[tuple[str, str, str], ...] = (
     ("table1", "seed", "Table 1: data augmentation (CIFAR-10)"),
-    ("table2", "seed", "Table 2: attention augmentation, seed placement (CIFAR-10)"),
-    ("table2", "paper", "Table 2: attention augmentation, paper placement (CIFAR-10)"),
+    *(("table2", p, f"Table 2: attention augmentation, {p} placement (CIFAR-10)") for p in TABLE2_PLACEMENTS),
     ("paper-cifar100", "seed", "Paper protocol on CIFAR-100: WRN-28-10 against AA-WRN-28-10"),
 )
 

@@ -21,7 +21,7 @@ from aacn.errors import UserError
 from aacn.experiments.estimate import Estimator, RunPlan, estimate_seconds, format_duration, load_average, plan_line
 from aacn.experiments.presets import preset, report_folder, run_folder
 from aacn.experiments.report import ReportResult, report
-from aacn.train.record_check import recorded_config
+from aacn.train.record_check import run_differences
 from aacn.train.records import RunDir
 
 __all__ = ["default_out", "check_reuse", "train_or_resume", "train_all", "plan_runs", "dry_run", "reproduce",
@@ -38,16 +38,15 @@ def default_out(scale: str) -> Path:
 def check_reuse(config: RunConfig) -> RunDir:
     """The run directory of ``config``; raises :class:`UserError` if it holds a run with other settings.
 
-    Options that cannot change a result (:data:`aacn.config.RESULT_NEUTRAL`) are not compared.
+    Options that cannot change a result (:data:`aacn.config.RESULT_NEUTRAL`) are not compared; the recorded
+    recipe is compared field by field with its declaration now.
     """
     run_dir = RunDir(config.out)
-    saved = recorded_config(run_dir)  # a consistent, complete record, or a UserError naming the file and field
-    if saved is not None:
-        diffs = saved.differences(config)
-        if diffs:
-            state = "finished" if run_dir.is_finished() else "unfinished"
-            raise UserError(f"{config.out} holds a {state} run with other settings ({'; '.join(diffs)}); "
-                            "pass --overwrite to retrain it, or choose another --out")
+    diffs = run_differences(run_dir, config)  # options and resolved recipe; an inconsistent record is refused
+    if diffs:
+        state = "finished" if run_dir.is_finished() else "unfinished"
+        raise UserError(f"{config.out} holds a {state} run with other settings ({'; '.join(diffs)}); "
+                        "pass --overwrite to retrain it, or choose another --out")
     return run_dir
 
 

@@ -4,7 +4,8 @@ Paper symbols (Bello et al., ICCV 2019) map to arguments as: Nh -> ``num_heads``
 (key depth ``dk = kappa * F_out``), upsilon -> ``upsilon`` (value depth ``dv = upsilon * F_out``), F_out ->
 the replaced conv's ``out_channels``, dk/Nh -> key depth per head (at least ``min_key_depth_per_head``).
 
-Placements (``attention=``):
+Placements (``attention=``): a name of :data:`aacn.models.placement_rules.PLACEMENTS` (the table of named
+placements and their rule per architecture family), or a list of names (or one comma-separated string):
 
 - ``"none"``: a plain network.
 - ``"seed"``: the replication's placement. ResNet-34: only the last 3x3 conv of the network
@@ -12,8 +13,8 @@ Placements (``attention=``):
 - ``"paper"``: WRN: the first conv of every residual block (12 layers in WRN-28-10), as the paper does on
   CIFAR-100. ResNet-34: the first 3x3 conv of every block of stages 2-4 (13 layers). The paper gives its
   ResNet settings for ImageNet only; applying them to the CIFAR ResNet-34 this way is *our transfer* of them.
-- a list of names (or one comma-separated string): a block name such as ``"layer3.1"`` / ``"block2.0"``
-  augments that block's first 3x3 conv; a conv name such as ``"layer4.2.conv2"`` augments exactly that conv.
+- a block name such as ``"layer3.1"`` / ``"block2.0"`` augments that block's first 3x3 conv; a conv name such as
+  ``"layer4.2.conv2"`` augments exactly that conv.
 
 Depths of an augmented conv with ``F_out`` output channels (``round`` is round-half-up here):
 
@@ -44,7 +45,8 @@ from typing import Any
 
 from torch import nn
 
-from aacn.config import PLACEMENTS, AttentionConfig
+from aacn.config import AttentionConfig
+from aacn.models.placement_rules import PLACEMENTS, describe_placements, rule_for
 from aacn.nn import AAConv2d
 from aacn.nn.aaconv import resolve_depth
 
@@ -135,42 +137,28 @@ def attention_depths(
     return dk, resolve_depth(float(upsilon), "dv", out_channels, num_heads)
 
 
-def _preset_slots(family: str, slots: Sequence[ConvSlot], placement: str) -> list[ConvSlot]:
-    if placement == "none":
-        return []
-    if family == "resnet":
-        if placement == "seed":
-            return [slots[-1]]
-        return [s for s in slots if s.index == 0 and s.stage >= 2]
-    if family == "wrn":
-        if placement == "seed":
-            return [s for s in slots if s.stage == 3 and s.index == 0][:1]
-        return [s for s in slots if s.index == 0]
-    raise ValueError(f"no placement rules for architecture family {family!r}; expected 'resnet' or 'wrn'")
-
-
 def resolve_placement(
     family: str, slots: Sequence[ConvSlot], attention: str | Sequence[str] | None
 ) -> list[ConvSlot]:
     """The conv slots a placement augments, in forward order.
 
     Args:
-        family: ``"resnet"`` or ``"wrn"`` (the model's ``arch_family``).
+        family: the model's ``arch_family`` (``"resnet"``, ``"wrn"``), which picks each named placement's rule.
         slots: the model's ``conv_slots`` (every 3x3 conv inside a block, forward order).
-        attention: ``"none"`` (or ``None``), ``"seed"``, ``"paper"``, a list of block / conv names, or one
-            comma-separated string of them.
+        attention: a name of :data:`~aacn.models.placement_rules.PLACEMENTS` (``None`` is ``"none"``), a list
+            of block / conv names, or one comma-separated string of them.
     """
     if attention is None:
         attention = "none"
     if isinstance(attention, str):
         if attention in PLACEMENTS:
-            return _preset_slots(family, slots, attention)
+            return rule_for(attention, family).select(slots)
         names = [n.strip() for n in attention.split(",") if n.strip()]
     elif isinstance(attention, Sequence) and all(isinstance(n, str) for n in attention):
         names = [n.strip() for n in attention]
     else:
         raise ValueError(
-            f"attention must be 'none', 'seed', 'paper' or a list of block names, got {attention!r}"
+            f"attention must be {describe_placements()} or a list of block names, got {attention!r}"
         )
     by_conv = {s.name: s for s in slots}
     by_block = {s.block: s for s in reversed(slots)}  # first conv of each block wins
@@ -180,7 +168,7 @@ def resolve_placement(
         if slot is None:
             blocks = list(by_block)
             raise ValueError(
-                f"unknown placement or block {n!r}: use 'none', 'seed', 'paper', or block names "
+                f"unknown placement or block {n!r}: use {describe_placements()}, or block names "
                 f"{blocks[0]} .. {blocks[-1]} (or a conv such as {slots[-1].name})"
             )
         if slot in chosen:

@@ -26,6 +26,7 @@ from aacn.train import distributed
 from aacn.train.recipes import RECIPES, build_optimizer
 from aacn.train.step import Learner
 from aacn.train.sync_bn import convert_sync_batchnorm
+from aacn.train.tensorboard import require_tensorboard
 
 
 def build_model(config: RunConfig, num_classes: int) -> nn.Module:
@@ -42,6 +43,8 @@ def check_settings(config: RunConfig, ctx: distributed.Context) -> torch.dtype |
         )
     if config.recipe not in RECIPES:
         raise UserError(f"unknown --recipe {config.recipe!r}; choose one of {', '.join(RECIPES)}", all_ranks=True)
+    if config.tensorboard:
+        require_tensorboard()
     amp_dtype = distributed.autocast_dtype(config.amp, ctx.device)
     if config.attention_impl == "triton" and config.attention not in (None, "none"):
         reason = triton_unavailable_reason(ctx.device, amp_dtype or torch.float32)
@@ -122,9 +125,9 @@ def build_learner(model: nn.Module, config: RunConfig, ctx: distributed.Context,
     hyper-parameters for ``config.json``."""
     optimizer, scheduler, hyper = build_optimizer(
         config.recipe, model, epochs=config.epochs, steps_per_epoch=steps_per_epoch,
-        batch_size=config.batch_size, lr=config.lr, weight_decay=config.weight_decay)
-    smoothing = config.label_smoothing if config.label_smoothing is not None else RECIPES[config.recipe].label_smoothing
-    hyper["label_smoothing"] = smoothing
+        batch_size=config.batch_size, lr=config.lr, weight_decay=config.weight_decay,
+        label_smoothing=config.label_smoothing)
+    smoothing = hyper["label_smoothing"]
     step_model = model
     if ctx.distributed:
         ids = [ctx.device.index] if ctx.device.type == "cuda" else None

@@ -2,7 +2,8 @@
 
 A checkpoint is the whole training state: model, optimiser, scheduler, grad-scaler and RNG state, the position
 (finished epochs, and steps into the next epoch for a checkpoint taken on Ctrl-C or SIGTERM), the run time so
-far, the partial training sums of a mid-epoch checkpoint, the run's config and its data's fingerprints. Every
+far, the partial training sums of a mid-epoch checkpoint, the run's config and resolved recipe and its data's
+fingerprints. Every
 value is a tensor or a plain Python value, so it loads with ``torch.load(weights_only=True)``.
 """
 
@@ -35,9 +36,11 @@ class Position:
 
 
 def training_state(learner: Learner, config: RunConfig, *, epoch: int, step: int, sums: list[float] | None,
-                   elapsed: float, data: dict[str, Any] | None = None) -> dict[str, Any]:
+                   elapsed: float, data: dict[str, Any] | None = None,
+                   recipe: dict[str, Any] | None = None) -> dict[str, Any]:
     """The checkpoint of ``learner`` after ``epoch`` epochs and ``step`` batches of the next; ``data``: the
-    provenance of the images it trains on (label and fingerprints), compared when the run resumes."""
+    provenance of the images it trains on (label and fingerprints), ``recipe``: the resolved recipe it trains
+    with (:func:`aacn.train.recipes.resolved_recipe`), both compared when the run resumes."""
     state = {
         "model": learner.raw_model.state_dict(), "optimizer": learner.optimizer.state_dict(),
         "scheduler": learner.scheduler.state_dict(), "scaler": learner.scaler.state_dict(),
@@ -46,6 +49,8 @@ def training_state(learner: Learner, config: RunConfig, *, epoch: int, step: int
     }
     if data is not None:
         state["data"] = data
+    if recipe is not None:
+        state["recipe"] = recipe
     if learner.device.type == "cuda":
         state["rng_cuda"] = torch.cuda.get_rng_state(learner.device)
     return state

@@ -53,9 +53,11 @@ from aacn.train.progress import (
     format_epoch,
     percent,
 )
+from aacn.train.recipes import resolved_recipe
 from aacn.train.resume import Start, check_same_config, prepare_run_dir
 from aacn.train.step import AgreedStop, EpochState, Learner, NonFiniteLoss, train_one_epoch
 from aacn.train.summary import epoch_row, summarize
+from aacn.train.tensorboard import TensorBoardLog
 
 MEMORY_ADVICE = "lower --batch-size or --base-width, or try --attention-impl chunked or --amp bf16"
 
@@ -119,8 +121,14 @@ def _run(config: RunConfig, ctx: distributed.Context, *, resume: bool, overwrite
     position = _restore(session, start)
     _write_start_records(session)
     _announce(session)
-    _train_epochs(session, position)
-    return _finish(session)
+    if config.tensorboard and ctx.is_main:  # after _restore, which clears a fresh run's folder
+        session.tensorboard = TensorBoardLog(session.run_dir.tensorboard_dir, len(session.loaders.train))
+    try:
+        _train_epochs(session, position)
+        return _finish(session)
+    finally:
+        if session.tensorboard is not None:
+            session.tensorboard.close()
 
 
 @dataclass
@@ -134,9 +142,11 @@ class _Session:
     learner: Learner
     loaders: Loaders
     info: dict[str, Any]
+    recipe: dict[str, Any]  # the resolved recipe, recorded in config.json, results.json and checkpoints
     provenance: dict[str, Any] | None
     rows: list[dict[str, Any]] = field(default_factory=list)
     run_start: float = 0.0
+    tensorboard: TensorBoardLog | None = None  # with --tensorboard, on rank 0
 
     @property
     def run_dir(self):
@@ -165,7 +175,7 @@ def _build(config: RunConfig, ctx: distributed.Context, data: CifarData, start: 
                              compile=config.compile,
                              compile_mode=config.compile_mode if config.compile else None,
                              channels_last=channels_last, world_size=ctx.world_size) if ctx.is_main else None
-    return _Session(config, ctx, data, start, learner, loaders, info, provenance)
+    return _Session(config, ctx, data, start, learner, loaders, info, resolved_recipe(config), provenance)
 
 
 def _restore(s: _Session, start: Start) -> Position:
@@ -179,7 +189,8 @@ def _restore(s: _Session, start: Start) -> Position:
         _log(s.ctx, f"no usable checkpoint in {s.run_dir.checkpoint_dir}; starting from the beginning")
         return Position()
     path, state = found
-    check_same_config(s.run_dir, s.config, what="its checkpoint was made with", saved=state["config"])
+    check_same_config(s.run_dir, s.config, what="its checkpoint was made with", saved=state["config"],
+                      recipe=state.get("recipe"))
     _check_same_data(s.run_dir, state.get("data"), s.data, f"{path.name} was trained on")
     position = restore(s.learner, state, s.ctx)
     s.rows = [r for r in s.run_dir.read_metrics() if r["epoch"] <= position.epoch]
@@ -202,7 +213,8 @@ def _check_same_data(run_dir, recorded: Any, data: CifarData, where: str) -> Non
 
 def _write_start_records(s: _Session) -> None:
     if s.ctx.is_main:
-        s.run_dir.write_config(s.config.to_dict(), s.info, provenance=s.provenance, data=_data_provenance(s.data))
+        s.run_dir.write_config(s.config.to_dict(), s.info, recipe=s.recipe, provenance=s.provenance,
+                               data=_data_provenance(s.data))
         s.run_dir.write_metrics(s.rows)
     distributed.barrier(s.ctx)
 
@@ -227,7 +239,8 @@ def _announce(s: _Session) -> None:
 def _save(s: _Session, epoch: int, step: int, sums: list[float] | None) -> None:
     if s.ctx.is_main:
         state = training_state(s.learner, s.config, epoch=epoch, step=step, sums=sums,
-                               elapsed=time.perf_counter() - s.run_start, data=_data_provenance(s.data))
+                               elapsed=time.perf_counter() - s.run_start, data=_data_provenance(s.data),
+                               recipe=s.recipe)
         s.run_dir.save_checkpoint(state, epoch, step, keep=s.config.checkpoint_keep)
 
 
@@ -250,7 +263,8 @@ def _one_epoch(s: _Session, epoch: int, position: Position, stop: _StopRequest) 
     t0 = time.perf_counter()
     try:
         try:
-            train_one_epoch(s.learner, s.loaders.train, state, ctx, stop=stop, progress=bar)
+            train_one_epoch(s.learner, s.loaders.train, state, ctx, stop=stop, progress=bar,
+                            on_step=s.tensorboard.step if s.tensorboard is not None else None)
         finally:
             bar.close()
     except KeyboardInterrupt as exc:
@@ -279,6 +293,8 @@ def _one_epoch(s: _Session, epoch: int, position: Position, stop: _StopRequest) 
     s.rows.append(row)
     if ctx.is_main:  # metrics first: a resume drops rows newer than its checkpoint, never misses one
         s.run_dir.write_metrics(s.rows)
+    if s.tensorboard is not None:
+        s.tensorboard.epoch(row)
     _save(s, epoch + 1, 0, None)
     _log(ctx, format_epoch(row, s.config.epochs))
 
@@ -318,7 +334,8 @@ def _finish(s: _Session) -> dict[str, Any]:
     facts = {"model": s.config.model, "dataset": s.config.dataset, "epochs": s.config.epochs,
              "params": s.info["params"], "flops_per_image": flops_per_image(model), "world_size": ctx.world_size,
              "device": str(ctx.device), "attention_layers": s.info["attention_layers"],
-             "config": s.config.to_dict(), "provenance": s.provenance, "data": _data_provenance(s.data)}
+             "config": s.config.to_dict(), "recipe": s.recipe, "provenance": s.provenance,
+             "data": _data_provenance(s.data)}
     results = summarize(s.rows, evaluations, wall_time_s=time.perf_counter() - s.run_start, model_facts=facts)
     if ctx.is_main:
         s.run_dir.write_results(results)

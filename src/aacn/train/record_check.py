@@ -9,9 +9,9 @@ consistent; otherwise it is refused with one :class:`~aacn.errors.UserError` nam
   10 epochs. The older flat form (no ``"format"``) must hold :data:`LEGACY_REQUIRED`; its ``model_kwargs`` were
   ``create_model`` keyword arguments, whose defaults were the model's, so they may be sparse.
 * A finished run (``results.json``) must have its ``config.json``; the config that ``results.json`` holds must
-  equal it (up to result-neutral options), and the model, dataset, epochs, parameter count and data fingerprints
-  that both files record must agree. A config edited by hand, a deleted ``config.json`` or files of two runs
-  mixed together are refused.
+  equal it (up to result-neutral options), and the model, dataset, epochs, parameter count, resolved recipe and
+  data fingerprints that both files record must agree. A config edited by hand, a deleted ``config.json`` or
+  files of two runs mixed together are refused.
 
 Everything is read through :func:`aacn.files.read_json`, which bounds size, depth and integers.
 """
@@ -25,10 +25,11 @@ from typing import Any
 from aacn.config import OPTIONS, RunConfig
 from aacn.errors import OptionError, UserError
 from aacn.files import read_json
+from aacn.train.recipes import recipe_differences
 from aacn.train.records import RunDir
 
 __all__ = ["LEGACY_REQUIRED", "complete_config", "check_results", "check_record", "check_finished",
-           "recorded_config"]
+           "recorded_config", "recorded_recipe", "recipe_of", "run_differences"]
 
 LEGACY_REQUIRED = ("model", "dataset", "epochs", "batch_size", "recipe", "augment", "normalize", "subset",
                    "val_size", "split_seed", "seed", "amp")
@@ -121,10 +122,22 @@ def check_results(run: RunDir, config: RunConfig, stored: Mapping[str, Any], res
     if params is not None and results.get("params") is not None and params != results["params"]:
         raise UserError(f"{disagree}: field params is {results['params']!r} in results.json, {params!r} in "
                         f"config.json's info; {_FIX}")
+    recipe, finished_recipe = recipe_of(stored, run.config_path), recipe_of(results, where)
+    if recipe is not None and finished_recipe is not None and recipe != finished_recipe:
+        raise UserError(f"{disagree}: field recipe differs (the resolved recipe each records); {_FIX}")
     mine, theirs = _fingerprint(stored), _fingerprint(results)
     if mine is not None and theirs is not None and mine != theirs:
         raise UserError(f"{disagree}: field data.fingerprint differs (trained on other images than recorded); "
                         f"{_FIX}")
+
+
+def recipe_of(stored: Any, path: str | Path) -> Mapping[str, Any] | None:
+    """The resolved recipe a record (``stored``, the content of ``path``) holds in its ``"recipe"`` field; ``None``
+    for a record written before recipes were recorded, which is compared by its recipe's name alone."""
+    recipe = stored.get("recipe") if isinstance(stored, Mapping) else None
+    if recipe is not None and not isinstance(recipe, Mapping):
+        raise UserError(f"{path}: field recipe is {_type_name(recipe)}, not an object; {_FIX}")
+    return recipe
 
 
 def check_record(run: RunDir, stored: Any, results: Any | None) -> RunConfig:
@@ -152,3 +165,17 @@ def recorded_config(run: RunDir) -> RunConfig | None:
     if run.config_path.exists():
         return complete_config(read_json(run.config_path), run.config_path)
     return None
+
+
+def recorded_recipe(run: RunDir) -> Mapping[str, Any] | None:
+    """The resolved recipe ``config.json`` in ``run`` records; ``None`` without one (no file, or an older record)."""
+    return recipe_of(read_json(run.config_path), run.config_path) if run.config_path.is_file() else None
+
+
+def run_differences(run: RunDir, config: RunConfig) -> list[str]:
+    """How the run recorded in ``run`` differs from ``config`` in anything that can change a result: its options
+    (:meth:`RunConfig.differences`), then its recipe's fields as declared now
+    (:func:`aacn.train.recipes.recipe_differences`). Empty when ``run`` holds no record; a record that is not
+    consistent is refused (:func:`recorded_config`)."""
+    saved = recorded_config(run)
+    return [] if saved is None else saved.differences(config) + recipe_differences(recorded_recipe(run), config)

@@ -3,9 +3,11 @@
 Layout::
 
     RUN/config.json          {"config": RunConfig fields, "info": model/world/recipe facts,
+                              "recipe": the resolved recipe (aacn.train.recipes.resolved_recipe),
                               "provenance": code/software/device, "data": the data's label and fingerprint}
     RUN/metrics.jsonl        one JSON object per finished epoch
     RUN/checkpoints/epoch-0007.pt   (the newest ``checkpoint_keep`` are kept; see ``save_checkpoint``)
+    RUN/tensorboard/         TensorBoard event files, with ``--tensorboard`` (see :mod:`aacn.train.tensorboard`)
     RUN/results.json         written once, when the run has finished (see :mod:`aacn.train.summary`)
 
 Every file is written atomically through :func:`aacn.files.atomic_write` (temporary file in the same folder,
@@ -42,6 +44,7 @@ class RunDir:
         self.metrics_path = self.path / "metrics.jsonl"
         self.results_path = self.path / "results.json"
         self.checkpoint_dir = self.path / "checkpoints"
+        self.tensorboard_dir = self.path / "tensorboard"
 
     # ----------------------------------------------------------------------------------------- state
     def is_finished(self) -> bool:
@@ -69,11 +72,14 @@ class RunDir:
             path.unlink(missing_ok=True)
         for ckpt in self.checkpoints():
             ckpt.unlink(missing_ok=True)
+        if self.tensorboard_dir.is_dir():  # TensorBoard event files of the earlier run
+            for events in self.tensorboard_dir.glob("events.out.tfevents.*"):
+                events.unlink(missing_ok=True)
 
-    def write_config(self, config: dict[str, Any], info: dict[str, Any], *,
+    def write_config(self, config: dict[str, Any], info: dict[str, Any], *, recipe: dict[str, Any] | None = None,
                      provenance: dict[str, Any] | None = None, data: dict[str, Any] | None = None) -> None:
-        files.write_json(self.config_path, {"config": config, "info": info, "provenance": provenance,
-                                            "data": data})
+        record = {"config": config, "info": info, "recipe": recipe, "provenance": provenance, "data": data}
+        files.write_json(self.config_path, {k: v for k, v in record.items() if k != "recipe" or v is not None})
 
     def write_results(self, results: dict[str, Any]) -> None:
         files.write_json(self.results_path, results)

@@ -83,18 +83,23 @@ class AgreedStop(KeyboardInterrupt):
 
 
 def train_one_epoch(learner: Learner, loader, state: EpochState, ctx: distributed.Context, *,
-                    stop=None, progress=None) -> EpochState:
+                    stop=None, progress=None, on_step=None) -> EpochState:
     """Train the batches ``state.step, …`` of epoch ``state.epoch`` of ``loader``, updating ``state`` in place.
 
     ``stop``: an object whose ``requested`` flag ends the epoch after the current step (raises
     :class:`KeyboardInterrupt`; :class:`AgreedStop` when distributed). ``progress``: an
     :class:`~aacn.train.progress.EpochProgress`, updated at the sync points only. Raises
-    :class:`NonFiniteLoss` at the first check that sees a non-finite loss.
+    :class:`NonFiniteLoss` at the first check that sees a non-finite loss. ``on_step(epoch, step, loss, lr)``:
+    called after each step with its (1-based) number, its loss (on the device, not synced) and the learning rate it
+    used.
     """
     steps = len(loader)
     for images, labels in loader.batches(state.epoch, start=state.step):
+        lr = learner.optimizer.param_groups[0]["lr"]
         loss, logits = train_step(learner, images, labels)
         state.step += 1
+        if on_step is not None:
+            on_step(state.epoch, state.step, loss, lr)
         with torch.no_grad():  # running sums stay on the device: no sync per step
             state.sums[0] += loss.detach().double() * labels.numel()
             state.sums[1] += (logits.argmax(1) == labels).sum()
