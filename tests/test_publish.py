@@ -117,9 +117,9 @@ def test_publishing_is_deterministic(results, tmp_path):
 def test_without_records_every_table_says_nothing_is_published(tmp_path):
     (tmp_path / "results").mkdir()
     md = publish(tmp_path / "results", tmp_path / "RESULTS.md").markdown
-    for scale in ("smoke", "cpu", "fast", "full"):
+    for scale in ("demo", "smoke", "cpu", "fast", "full"):
         assert f"Nothing is published at the `{scale}` scale yet" in md
-    assert md.count("not run yet") == 16  # 4 tables x 4 scales
+    assert md.count("not run yet") == 20  # 4 tables x 5 scales
     assert "No anchor is published yet" in md and "No run is published" in md
     assert not (tmp_path / "results" / "results").exists()  # no figures, no figure folder
 

@@ -164,7 +164,8 @@ def _add_reproduce(subparsers: argparse._SubParsersAction) -> None:
                     "report.md, report.csv and learning_curves.png into OUT/<table>[-<placement>]/.")
     p.add_argument("table", choices=TABLES)
     p.add_argument("--scale", choices=SCALES, default="smoke",
-                   help="smoke: narrow models on 5,000 images, a pipeline check; cpu: the study on two CPU cores "
+                   help="demo: the cpu scale in miniature (minutes); smoke: narrow models on 5,000 images with the "
+                        "full protocol's recipes, a pipeline check; cpu: the study on two CPU cores "
                         "(full split, narrow models, 10 epochs); fast: one modern GPU; full: the replication's "
                         "epochs (default smoke)")
     p.add_argument("--seeds", type=_positive_int, default=1, help="runs per row, seeds 0..N-1 (default 1)")

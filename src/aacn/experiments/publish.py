@@ -76,8 +76,8 @@ VIEWS: tuple[tuple[str, str, str], ...] = (
 MATCH_IGNORED = frozenset({"attention_impl"})
 
 NOT_RUN = "not run yet"
-# The order of the scale sections: the study's answer first, the pipeline check last.
-PAGE_ORDER = tuple(sorted(SCALES, key=lambda scale: scale == "smoke"))
+# The order of the scale sections: the study's answer first, the quick looks and pipeline checks last.
+PAGE_ORDER = tuple(sorted(SCALES, key=lambda scale: scale in ("demo", "smoke")))
 
 
 def match_key(config: dict[str, Any]) -> str:
