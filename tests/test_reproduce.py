@@ -119,6 +119,7 @@ def test_reproduce_skips_finished_resumes_started_and_reports(tmp_path, monkeypa
     assert [r.label for r in result.rows] == [label for label, _ in preset("table1", "smoke")]
     assert all(len(r.runs) == 2 for r in result.rows)
     assert "60.50 ± 0.71" in (out / "table1" / "report.md").read_text()  # seeds 0 and 1 -> 60 and 61
+    assert "Params" in (out / "table1" / "report.md").read_text()  # every table says how big its models are
 
     (out / "wrn-28-10-1-8-width-seed1" / "results.json").unlink()  # as if it was interrupted
     calls.clear()

@@ -172,6 +172,6 @@ def reproduce(
         f"== {table} ({scale}) run {i}/{len(configs)}: {labels[c.out]}, seed {c.seed}"))
     elapsed = time.perf_counter() - start
     result = report([c.out for c in configs], out_dir / report_folder(table, placement),
-                    extended=table != "table1", title=title)
+                    extended=True, title=title)
     log(f"{len(configs)} runs done in {elapsed / 60:.1f} min (this invocation)")
     return result
