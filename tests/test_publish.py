@@ -93,6 +93,10 @@ def test_publish_writes_every_table_with_rows_anchors_curves_and_provenance(resu
     aa = row(md, t2, "AA-ResNet-34 (1/8 width)")
     assert "55.50" in aa and "official" in aa and "Some CPU" in aa and "fedcba987654" in aa
     assert "not run yet" in row(md, "paper placement", "AA-ResNet-34 (1/8 width)")
+    summary = md.split("## Summary", 1)[1].split("\n## ", 1)[0]  # the answer first, before any table
+    assert "**`smoke` scale** (5,000 training images" in summary and md.index("## Summary") < md.index("| Model")
+    assert "attention (AA-ResNet-34 (1/8 width) − ResNet-34 (1/8 width)): +5.50 points from one seed" in summary
+    assert "points below it" not in summary  # a pipeline check is not set against the anchor
     anchor = row(md, t1, "airbench94 (anchor)")
     assert "93.00" in anchor and "94.00" in anchor
     assert "airbench94 (anchor)" not in md.split("CIFAR-100")[1].split("## Anchors")[0]  # CIFAR-10 anchor only
