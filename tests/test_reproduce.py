@@ -216,7 +216,7 @@ def test_dry_run_prints_every_run_with_an_estimate_and_trains_nothing(tmp_path, 
     assert main(argv) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert calls == [] and "dry run: nothing trains" in lines[0] and "load" in lines[0]
-    assert "ResNet-34 (1/8 width), seed 0" in lines[1] and lines[1].endswith("finished (took 0 s)")
+    assert "ResNet-34 (1/8 width), seed 0" in lines[1] and lines[1].endswith("finished (took 100 s)")
     assert "WRN-28-10 (1/8 width), seed 0" in lines[3] and "resumes, est. " in lines[3]
     assert lines[-1].startswith("total: 3 finished, 1 to train, est. ") and "longest: WRN-28-10" in lines[-1]
     assert not (out / "table1" / "report.md").exists() or calls == []
