@@ -68,7 +68,7 @@ FIGURES_DIR = "results"  # beside OUT_MD
 VIEWS: tuple[tuple[str, str, str], ...] = (
     ("table1", "seed", "Table 1: data augmentation (CIFAR-10)"),
     *(("table2", p, f"Table 2: attention augmentation, {p} placement (CIFAR-10)") for p in TABLE2_PLACEMENTS),
-    ("paper-cifar100", "seed", "Paper protocol on CIFAR-100: WRN-28-10 against AA-WRN-28-10"),
+    ("paper-cifar100", "seed", "Paper protocol on CIFAR-100: WRN against AA-WRN, every block augmented"),
 )
 
 # Fields that cannot change what a run trains, beyond those a report already ignores: the attention
