@@ -57,10 +57,10 @@ class _WallClockEvent:
 
 
 def _to_cpu_location(location: Any) -> Any:
-    device = location if isinstance(location, torch.device) else None
-    if isinstance(location, int) or (isinstance(location, str) and location.startswith("cuda")):
-        return "cpu"
-    return "cpu" if device is not None and device.type == "cuda" else location
+    """``"cpu"`` for a GPU index, a ``"cuda..."`` string or a CUDA device; any other location unchanged."""
+    cuda = (isinstance(location, int) or (isinstance(location, str) and location.startswith("cuda"))
+            or (isinstance(location, torch.device) and location.type == "cuda"))
+    return "cpu" if cuda else location
 
 
 class _CpuDeviceTorch(types.ModuleType):
