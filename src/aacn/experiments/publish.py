@@ -228,11 +228,12 @@ class Page:
 def render(published: Published, *, allow_mixed_data: bool = False) -> Page:
     """The results page of ``published`` (deterministic: it depends on the records only)."""
     root = published.root.name or "results"
-    md = _intro(root) + _summary(published, allow_mixed_data)
+    tables = {scale: _tables(published, scale, allow_mixed_data) for scale in PAGE_ORDER}
+    md = _intro(root) + _summary(published, tables)
     figures: list[tuple[str, str, list[tuple[str, list[list[dict[str, Any]]]]]]] = []
     shown: list[ReportRow] = []
     for scale in PAGE_ORDER:
-        md += _scale_section(published, scale, allow_mixed_data, figures, shown)
+        md += _scale_section(published, scale, tables[scale], figures, shown)
     md += _anchors_section(published, root, shown)
     md += ["## Provenance of every run", ""]
     md += [provenance_table(shown, published.name), ""] if shown else ["No run is published yet.", ""]
@@ -256,7 +257,7 @@ def _intro(root: str) -> list[str]:
     ]
 
 
-def _summary(published: Published, allow_mixed: bool) -> list[str]:
+def _summary(published: Published, tables: dict[str, tuple[list[_Table], list[RunRecord]]]) -> list[str]:
     """The answer first: per scale with runs, each table's paired effects in words, the plain rows against the
     anchors on the same images, and the rows still missing."""
     md = ["## Summary", ""]
@@ -266,8 +267,7 @@ def _summary(published: Published, allow_mixed: bool) -> list[str]:
     anchors = group_runs(published.anchors) if published.anchors else []
     for scale in scales:
         md += [f"**`{scale}` scale** ({SCALE_NOTES.get(scale, 'see its section')}):", ""]
-        tables, _ = _tables(published, scale, allow_mixed)
-        for t in tables:
+        for t in tables[scale][0]:
             rows = [r for r in t.rows if r.runs and not r.runs[0].is_anchor]
             if not rows:
                 continue
@@ -276,7 +276,7 @@ def _summary(published: Published, allow_mixed: bool) -> list[str]:
             found = "; ".join(effects) if effects else "; ".join(
                 f"{r.label} {_pct(r.stats['test_acc'])}" for r in rows)
             md.append(f"- {t.title}: {found}." + (f" Not run yet: {', '.join(missing)}." if missing else ""))
-        plain = [r for t in tables for r in t.rows if r.runs and not r.runs[0].is_anchor
+        plain = [r for t in tables[scale][0] for r in t.rows if r.runs and not r.runs[0].is_anchor
                  and not r.label.startswith("AA-") and "(no aug)" not in r.label]
         for row in {r.label: r for r in plain if scale not in QUICK_SCALES}.values():  # a shared row once
             for anchor in anchors:
@@ -309,12 +309,12 @@ def _marked_table(rows: Sequence[ReportRow]) -> list[str]:
     return [_row_table(rows, marks), "", *([*notes, ""] if notes else [])]
 
 
-def _scale_section(published: Published, scale: str, allow_mixed: bool, figures: list, shown: list[ReportRow]
-                   ) -> list[str]:
+def _scale_section(published: Published, scale: str, scale_tables: tuple[list[_Table], list[RunRecord]],
+                   figures: list, shown: list[ReportRow]) -> list[str]:
     """The section of one scale: every table, then the runs that match no table row. Appends the learning-curve
     figures it links to ``figures`` and the rows with runs to ``shown`` (each once)."""
     md = [f"## Scale `{scale}`", "", f"What it is: {SCALE_NOTES.get(scale, scale)}.", ""]
-    tables, others = _tables(published, scale, allow_mixed)
+    tables, others = scale_tables
     if not published.runs[scale]:
         md += [f"Nothing is published at the `{scale}` scale yet:", "",
                *(f"- {t.title}: {NOT_RUN}." for t in tables), ""]
