@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from aacn.config import RunConfig
 from aacn.models import create_model
+from aacn.train.distributed import resolve_device
 
 __all__ = ["Estimator", "RunPlan", "estimate_seconds", "plan_line", "format_duration", "load_average"]
 
@@ -47,12 +48,6 @@ def load_average() -> str:
         return ""
 
 
-def _device(config: RunConfig) -> torch.device:
-    if config.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(config.device)
-
-
 @dataclass
 class Estimator:
     """Times each distinct (architecture, batch, device) once; ``steps`` timed training steps after one warm-up."""
@@ -62,7 +57,7 @@ class Estimator:
 
     def per_step_and_image(self, config: RunConfig) -> tuple[float, float]:
         """Seconds of one training step of ``config.batch_size`` images, and of evaluating one image."""
-        device = _device(config)
+        device = resolve_device(config.device)
         channels_last = config.channels_last if config.channels_last is not None else device.type == "cuda"
         key = json.dumps([repr(config.arch), config.batch_size, str(device), channels_last])
         if key not in self.cache:
