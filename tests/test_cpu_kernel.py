@@ -61,8 +61,9 @@ def test_float64_head_sizes_and_scale(dkh, dvh):
         assert (a - r).abs().max().item() <= 1e-10
 
 
-def test_float32_close_to_float64_reference():
-    tensors = _inputs(7, 9, dkh=6, dvh=3)
+@pytest.mark.parametrize("h, w, dkh, dvh", [(7, 9, 6, 3), (17, 5, 9, 8)])  # 17: two groups of 16 key rows
+def test_float32_close_to_float64_reference(h, w, dkh, dvh):
+    tensors = _inputs(h, w, dkh=dkh, dvh=dvh)
     want = _run("reference", tensors)
     got = _run("cpu", [t.detach().float().requires_grad_() for t in tensors])
     for name, a, r in zip(["out", "q", "k", "v", "rel_h", "rel_w"], got, want, strict=True):

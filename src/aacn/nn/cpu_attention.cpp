@@ -7,6 +7,8 @@
 //   rh (N, H), rw (N, W)                 -- compact relative logits rh[i, x'] = q_i . r^H_(x'-x), likewise rw;
 //   lse (N)                              -- log-sum-exp of each query's scaled logits.
 // The scaled logit of query i and key j = (x', y') is  s_ij = scale * (q_i . k_j + rh[i, x'] + rw[i, y']).
+// The kernel keeps it in base 2, s2_ij = log2(e) s_ij (log2(e) folded into the scale), so every probability is
+// one exp2: p_ij = 2^(s2_ij - max_j s2_ij) = e^(s_ij - max_j s_ij); lse is saved in natural units.
 //
 // Forward, per query: the row s_i. (N values, per-thread scratch) is written as the bias rh + rw broadcast over
 // the key grid plus sum_d q_di k_d. (one FMA per key vector and depth), then its max, exp and sum, and
@@ -16,8 +18,8 @@
 // d rh[i, x'] = sum_y' ds_i(x',y'), d rw[i, y'] = sum_x' ds_i(x',y'), and per block dV += dO P^T, dK += Q dS^T.
 // A pair's dK/dV rows are written by one thread only: no atomics, deterministic for any thread count.
 //
-// float and double only (the Python side converts bf16/fp16 to float); exp is a ~1 ulp polynomial for float
-// on AVX-512/AVX2 and SLEEF's 1-ulp exp otherwise (double: always SLEEF or std::exp).
+// float and double only (the Python side converts bf16/fp16 to float); exp2 is a ~2 ulp polynomial for float
+// on AVX-512/AVX2 and SLEEF's 1-ulp exp2 otherwise (double: always SLEEF or std::exp2).
 
 #include <torch/extension.h>
 
@@ -35,64 +37,86 @@ namespace {
 using at::vec::Vectorized;
 
 template <typename T>
-inline Vectorized<T> vexp(const Vectorized<T>& x) {
-  return x.exp();
+inline Vectorized<T> vexp2(const Vectorized<T>& x) {
+  return x.exp2();
 }
 
-// exp(x) for float vectors, after Cephes expf: n = round(x log2 e), r = x - n ln 2 (ln 2 in two parts),
-// exp(r) = 1 + r + r^2 P(r) with a degree-5 P (relative error about 1 ulp), times 2^n built in the exponent bits.
-// Arguments are clamped to [-87.34, 88]; below -87.34 (and -inf) the result is 0, NaN propagates. The kernel only
-// evaluates exp at arguments <= 0 up to rounding (logit minus row max or minus log-sum-exp).
-#define AACN_EXP_CONSTANTS                                   \
-  constexpr float kHi = 88.0f, kLo = -87.3365447504019f;     \
-  constexpr float kLog2e = 1.44269504088896341f;             \
-  constexpr float kC1 = 0.693359375f, kC2 = -2.12194440e-4f; \
-  constexpr float kP0 = 1.9875691500e-4f, kP1 = 1.3981999507e-3f, kP2 = 8.3334519073e-3f; \
-  constexpr float kP3 = 4.1665795894e-2f, kP4 = 1.6666665459e-1f, kP5 = 5.0000001201e-1f;
+// 2^x for float vectors, after Cephes exp2f: n = round(x), f = x - n in [-1/2, 1/2], 2^f = 1 + f P(f) with a
+// degree-5 P (relative error about 2 ulp), times 2^n. Arguments below -125 (and -inf) give exactly 0 (clamped
+// first, so no subnormal is ever formed), NaN propagates. The kernel evaluates it only at arguments <= 0 up to
+// rounding (a base-2 logit minus its row max or log-sum-exp). Working in base 2 (log2(e) folded into the logits'
+// scale) saves the range reduction's multiply and its two-part ln 2; AVX-512's vscalefps applies 2^n in one step.
+#define AACN_EXP2_CONSTANTS                                                                      \
+  constexpr float kLo = -125.0f;                                                                 \
+  constexpr float kP0 = 1.535336188319500e-4f, kP1 = 1.339887440266574e-3f;                     \
+  constexpr float kP2 = 9.618437357674640e-3f, kP3 = 5.550332471162809e-2f;                     \
+  constexpr float kP4 = 2.402264791363012e-1f, kP5 = 6.931472028550421e-1f;
 
 #if defined(CPU_CAPABILITY_AVX512)
 template <>
-inline Vectorized<float> vexp(const Vectorized<float>& xv) {
-  AACN_EXP_CONSTANTS
+inline Vectorized<float> vexp2(const Vectorized<float>& xv) {
+  AACN_EXP2_CONSTANTS
   const __m512 x = xv;
-  __m512 xc = _mm512_max_ps(_mm512_set1_ps(kLo), _mm512_min_ps(_mm512_set1_ps(kHi), x));  // NaN stays NaN
-  __m512 fx = _mm512_roundscale_ps(_mm512_mul_ps(xc, _mm512_set1_ps(kLog2e)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(fx, _mm512_set1_ps(kC1), xc);
-  r = _mm512_fnmadd_ps(fx, _mm512_set1_ps(kC2), r);
-  __m512 y = _mm512_fmadd_ps(_mm512_set1_ps(kP0), r, _mm512_set1_ps(kP1));
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(kP2));
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(kP3));
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(kP4));
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(kP5));
-  y = _mm512_fmadd_ps(y, _mm512_mul_ps(r, r), r);
-  y = _mm512_add_ps(y, _mm512_set1_ps(1.0f));
-  __m512i n = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(fx), _mm512_set1_epi32(127)), 23);
-  y = _mm512_mul_ps(y, _mm512_castsi512_ps(n));
-  __mmask16 under = _mm512_cmp_ps_mask(x, _mm512_set1_ps(kLo), _CMP_LT_OQ);
-  return _mm512_mask_blend_ps(under, y, _mm512_setzero_ps());
+  const __mmask16 keep = _mm512_cmp_ps_mask(x, _mm512_set1_ps(kLo), _CMP_NLT_UQ);  // x >= kLo or NaN
+  const __m512 xc = _mm512_max_ps(_mm512_set1_ps(kLo), x);                          // NaN stays NaN
+  const __m512 n = _mm512_roundscale_ps(xc, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_sub_ps(xc, n);
+  __m512 y = _mm512_fmadd_ps(_mm512_set1_ps(kP0), f, _mm512_set1_ps(kP1));
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(kP2));
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(kP3));
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(kP4));
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(kP5));
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(1.0f));
+  return _mm512_maskz_scalef_ps(keep, y, n);
 }
 #elif defined(CPU_CAPABILITY_AVX2)
 template <>
-inline Vectorized<float> vexp(const Vectorized<float>& xv) {
-  AACN_EXP_CONSTANTS
+inline Vectorized<float> vexp2(const Vectorized<float>& xv) {
+  AACN_EXP2_CONSTANTS
   const __m256 x = xv;
-  __m256 xc = _mm256_max_ps(_mm256_set1_ps(kLo), _mm256_min_ps(_mm256_set1_ps(kHi), x));
-  __m256 fx = _mm256_round_ps(_mm256_mul_ps(xc, _mm256_set1_ps(kLog2e)),
-                              _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(kC1), xc);
-  r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(kC2), r);
-  __m256 y = _mm256_fmadd_ps(_mm256_set1_ps(kP0), r, _mm256_set1_ps(kP1));
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(kP2));
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(kP3));
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(kP4));
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(kP5));
-  y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), r);
-  y = _mm256_add_ps(y, _mm256_set1_ps(1.0f));
-  __m256i n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(fx), _mm256_set1_epi32(127)), 23);
-  y = _mm256_mul_ps(y, _mm256_castsi256_ps(n));
-  __m256 under = _mm256_cmp_ps(x, _mm256_set1_ps(kLo), _CMP_LT_OQ);
-  return _mm256_blendv_ps(y, _mm256_setzero_ps(), under);
+  const __m256 xc = _mm256_max_ps(_mm256_set1_ps(kLo), x);  // NaN stays NaN
+  const __m256 n = _mm256_round_ps(xc, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m256 f = _mm256_sub_ps(xc, n);
+  __m256 y = _mm256_fmadd_ps(_mm256_set1_ps(kP0), f, _mm256_set1_ps(kP1));
+  y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(kP2));
+  y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(kP3));
+  y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(kP4));
+  y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(kP5));
+  y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(1.0f));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  y = _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+  return _mm256_blendv_ps(y, _mm256_setzero_ps(), _mm256_cmp_ps(x, _mm256_set1_ps(kLo), _CMP_LT_OQ));
+}
+#endif
+
+// sums[r] = the horizontal sum of acc[r], r < 16. With 512-bit float vectors, one transpose-and-add tree
+// (45 instructions for the 16 sums, against 8 per sum one at a time); otherwise one reduction per vector.
+template <typename T>
+inline void hsum16(const Vectorized<T>* acc, T* sums) {
+  for (int r = 0; r < 16; ++r) {
+    sums[r] = at::vec::vec_reduce_all<T>([](Vectorized<T>& a, Vectorized<T>& b) { return a + b; }, acc[r]);
+  }
+}
+
+#if defined(CPU_CAPABILITY_AVX512)
+template <>
+inline void hsum16(const Vectorized<float>* acc, float* sums) {
+  __m512 t[8];  // per 128-bit block k: [a0+a2, b0+b2, a1+a3, b1+b3] of a = acc[2i], b = acc[2i+1]
+  for (int i = 0; i < 8; ++i) {
+    const __m512 a = acc[2 * i], b = acc[2 * i + 1];
+    t[i] = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+  }
+  __m512 u[4];  // per block k: block k's sums of acc[4i], ..., acc[4i + 3]
+  for (int i = 0; i < 4; ++i) {
+    const __m512d a = _mm512_castps_pd(t[2 * i]), b = _mm512_castps_pd(t[2 * i + 1]);
+    u[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)), _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
+  }
+  __m512 w[2];  // blocks: [u_2i blocks 0+1, u_2i blocks 2+3, u_2i+1 blocks 0+1, u_2i+1 blocks 2+3]
+  for (int i = 0; i < 2; ++i) {
+    const __m512 a = u[2 * i], b = u[2 * i + 1];
+    w[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x88), _mm512_shuffle_f32x4(a, b, 0xDD));
+  }
+  _mm512_storeu_ps(sums, _mm512_add_ps(_mm512_shuffle_f32x4(w[0], w[1], 0x88), _mm512_shuffle_f32x4(w[0], w[1], 0xDD)));
 }
 #endif
 
@@ -100,7 +124,10 @@ template <typename T>
 struct Kernel {
   using Vec = Vectorized<T>;
   static constexpr int64_t VL = Vec::size();
-  static constexpr int64_t R = 4;  // rows (queries or channels) blocked in registers
+  static constexpr T kLog2e = T(1.4426950408889634), kLn2 = T(0.6931471805599453);
+  static constexpr int64_t R = 4;
+  // 512-bit vectors (32 registers): 16 accumulators per pass and one hsum16 for them
+  static constexpr bool kWide = VL * sizeof(T) == 64;  // rows (queries or channels) blocked in registers
 
   const T* q;
   const T* k;
@@ -108,7 +135,8 @@ struct Kernel {
   const T* rh;  // nullptr when absent
   const T* rw;
   int64_t P, N, D, DV, H, W, Npad;  // Npad: N rounded up to 2 vectors (length of scratch rows)
-  T scale;
+  T scale;   // softmax scale (the gradient of a natural-units logit)
+  T scale2;  // scale * log2(e): logits are kept in base 2, p = 2^(s2 - max) = e^(s - max)
 
   static inline Vec load(const T* p, int64_t n) {
     return n >= VL ? Vec::loadu(p) : (n > 0 ? Vec::loadu(p, n) : Vec(T(0)));
@@ -188,11 +216,36 @@ struct Kernel {
   }
 
   // out[r*ors + c*ocs] = mult[r] * sum_j A[r*lda + j] * M[c*ldm + j] for r < NR, c < C, j < n. A rows are
-  // scratch rows (whole vectors readable, finite beyond n); M is read as 0 beyond n. Two channels per pass.
+  // scratch rows (whole vectors readable, finite beyond n); M is read as 0 beyond n. Two channels per pass, or
+  // four for four rows with 512-bit vectors (16 accumulators reduced together by hsum16).
   template <int NR>
   static void dots_rows(const T* A, int64_t lda, const T* M, int64_t ldm, int64_t C, int64_t n, const T* mult, T* out,
                         int64_t ors, int64_t ocs) {
     int64_t c = 0;
+    if constexpr (kWide && NR == 4) {
+      for (; c + 4 <= C; c += 4) {
+        const T* mp = M + c * ldm;
+        Vec acc[16];  // acc[4 r + cc]: row r, channel c + cc
+        for (auto& a : acc) a = Vec(T(0));
+        for (int64_t j = 0; j < n; j += VL) {
+          const int64_t cnt = n - j;
+          const Vec m0 = load(mp + j, cnt), m1 = load(mp + ldm + j, cnt);
+          const Vec m2 = load(mp + 2 * ldm + j, cnt), m3 = load(mp + 3 * ldm + j, cnt);
+          for (int r = 0; r < 4; ++r) {
+            const Vec a = Vec::loadu(A + r * lda + j);
+            acc[4 * r] = at::vec::fmadd(a, m0, acc[4 * r]);
+            acc[4 * r + 1] = at::vec::fmadd(a, m1, acc[4 * r + 1]);
+            acc[4 * r + 2] = at::vec::fmadd(a, m2, acc[4 * r + 2]);
+            acc[4 * r + 3] = at::vec::fmadd(a, m3, acc[4 * r + 3]);
+          }
+        }
+        T sums[16];
+        hsum16<T>(acc, sums);
+        for (int r = 0; r < 4; ++r) {
+          for (int cc = 0; cc < 4; ++cc) out[r * ors + (c + cc) * ocs] = mult[r] * sums[4 * r + cc];
+        }
+      }
+    }
     for (; c < C; c += 2) {
       const bool two = c + 1 < C;
       const T* m0p = M + c * ldm;
@@ -234,16 +287,16 @@ struct Kernel {
     const bool bias = rh != nullptr || rw != nullptr;
     for (int64_t iq = 0; iq < nq; ++iq) {
       const int64_t i = i0 + iq;
-      for (int64_t d = 0; d < D; ++d) coef[iq * D + d] = scale * qp[d * N + i];
+      for (int64_t d = 0; d < D; ++d) coef[iq * D + d] = scale2 * qp[d * N + i];
       if (!bias) continue;
       T* row = s + iq * Npad;
       const T* rhi = rh != nullptr ? rh + (p * N + i) * H : nullptr;
       if (rw != nullptr) {
         const T* rwi = rw + (p * N + i) * W;
-        for (int64_t y = 0; y < W; ++y) rw_row[y] = scale * rwi[y];
+        for (int64_t y = 0; y < W; ++y) rw_row[y] = scale2 * rwi[y];
       }
       for (int64_t x = 0; x < H; ++x) {
-        const Vec bh(rhi != nullptr ? scale * rhi[x] : T(0));
+        const Vec bh(rhi != nullptr ? scale2 * rhi[x] : T(0));
         for (int64_t y = 0; y < W; y += VL) {
           const int64_t cnt = std::min<int64_t>(VL, W - y);
           store(row + x * W + y, rw != nullptr ? bh + load(rw_row + y, cnt) : bh, cnt);
@@ -276,13 +329,13 @@ struct Kernel {
           const Vec mb(m);
           Vec lv(T(0));
           for (int64_t j = 0; j < Npad; j += VL) {
-            const Vec e = vexp<T>(Vec::loadu(row + j) - mb);
+            const Vec e = vexp2<T>(Vec::loadu(row + j) - mb);
             e.store(row + j);
             lv = lv + e;
           }
           const T l = hsum(lv);
           inv[iq] = T(1) / l;
-          lse[p * N + i0 + iq] = m + std::log(l);
+          lse[p * N + i0 + iq] = (m + std::log2(l)) * kLn2;  // natural units
         }
         dots(s, Npad, v + p * DV * N, N, DV, nq, N, inv, out + p * DV * N + i0, 1, N);
       }
@@ -310,9 +363,9 @@ struct Kernel {
           const int64_t nq = std::min(kBlock, N - i0);
           logits(p, i0, nq, pbuf, coef, rw_row);
           for (int64_t iq = 0; iq < nq; ++iq) {
-            const Vec lb(lse[p * N + i0 + iq]);
+            const Vec lb(lse[p * N + i0 + iq] * kLog2e);
             T* row = pbuf + iq * Npad;
-            for (int64_t j = 0; j < Npad; j += VL) vexp<T>(Vec::loadu(row + j) - lb).store(row + j);
+            for (int64_t j = 0; j < Npad; j += VL) vexp2<T>(Vec::loadu(row + j) - lb).store(row + j);
             for (int64_t c = 0; c < DV; ++c) go[iq * DV + c] = gp[c * N + i0 + iq];
           }
           gemm(dsbuf, Npad, false, true, go, DV, 1, vp, N, DV, nq, N);  // dP (zero at lanes >= N)
@@ -329,15 +382,29 @@ struct Kernel {
             }
             if (drh != nullptr || drw != nullptr) {
               if (drw != nullptr) std::fill(drw_row, drw_row + W, T(0));
-              for (int64_t x = 0; x < H; ++x) {
-                Vec acc(T(0));
-                for (int64_t y = 0; y < W; y += VL) {
-                  const int64_t cnt = std::min<int64_t>(VL, W - y);
-                  const Vec r = load(ds + x * W + y, cnt);
-                  acc = acc + r;
-                  if (drw != nullptr) store(drw_row + y, load(drw_row + y, cnt) + r, cnt);
+              // drh: sums over each key row x (16 rows reduced together with 512-bit vectors); drw: over rows
+              for (int64_t x0 = 0; x0 < H; x0 += 16) {
+                const int64_t nx = std::min<int64_t>(16, H - x0);
+                Vec acc[16];
+                for (int64_t xx = 0; xx < 16; ++xx) acc[xx] = Vec(T(0));
+                for (int64_t xx = 0; xx < nx; ++xx) {
+                  const T* dsx = ds + (x0 + xx) * W;
+                  for (int64_t y = 0; y < W; y += VL) {
+                    const int64_t cnt = std::min<int64_t>(VL, W - y);
+                    const Vec r = load(dsx + y, cnt);
+                    acc[xx] = acc[xx] + r;
+                    if (drw != nullptr) store(drw_row + y, load(drw_row + y, cnt) + r, cnt);
+                  }
                 }
-                if (drh != nullptr) drh[(p * N + i) * H + x] = hsum(acc);
+                if (drh == nullptr) continue;
+                T* drhi = drh + (p * N + i) * H + x0;
+                if constexpr (kWide) {
+                  T sums[16];
+                  hsum16<T>(acc, sums);
+                  std::copy(sums, sums + nx, drhi);
+                } else {
+                  for (int64_t xx = 0; xx < nx; ++xx) drhi[xx] = hsum(acc[xx]);
+                }
               }
               if (drw != nullptr) std::copy(drw_row, drw_row + W, drw + (p * N + i) * W);
             }
@@ -383,6 +450,7 @@ Kernel<T> make_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor
   kern.rh = rh.has_value() ? rh->data_ptr<T>() : nullptr;
   kern.rw = rw.has_value() ? rw->data_ptr<T>() : nullptr;
   kern.scale = static_cast<T>(scale);
+  kern.scale2 = static_cast<T>(scale * 1.4426950408889634);
   return kern;
 }
 
