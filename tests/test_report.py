@@ -16,7 +16,7 @@ from aacn.cli import main
 from aacn.config import RunConfig
 from aacn.errors import UserError
 from aacn.experiments.report import report, run_label
-from aacn.train.records import RunDir
+from aacn.train.rundir import RunDir
 
 
 def write_run(path: Path, *, finished: bool = True, epochs: int = 3, test_acc: float = 80.0,

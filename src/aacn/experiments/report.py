@@ -46,9 +46,7 @@ from aacn.errors import UserError
 from aacn.experiments.effects import effects_markdown, table_effects
 from aacn.experiments.labels import run_label
 from aacn.files import atomic_write, check_output_dir, read_json
-from aacn.train.record_check import check_record
-from aacn.train.records import RunDir
-from aacn.train.summary import summarize_partial
+from aacn.train.rundir import RunDir, check_record, summarize_partial
 
 __all__ = [
     "METRICS",
