@@ -15,7 +15,8 @@ import pytest
 from aacn.cli import main
 from aacn.config import RunConfig
 from aacn.errors import UserError
-from aacn.experiments.report import report, run_label
+from aacn.experiments.labels import run_label
+from aacn.experiments.report import report
 from aacn.train.rundir import RunDir
 
 
