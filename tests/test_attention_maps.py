@@ -12,7 +12,7 @@ from aacn.data import load_cifar
 from aacn.data.augment import Normalizer
 from aacn.models import create_model
 from aacn.nn.relative_attention import reference_attention
-from aacn.train.records import RunDir
+from aacn.train.rundir import RunDir
 from aacn.viz.attention_maps import compute_attention_maps
 
 

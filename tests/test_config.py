@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -32,7 +30,6 @@ FLAT_NAMES = [
     "amp", "channels_last", "compile", "compile_mode", "sync_bn", "eval_batch_size", "tta", "checkpoint_keep",
     "progress", "tensorboard", "seed", "out",
 ]
-SRC = Path(__file__).resolve().parents[1] / "src" / "aacn"
 
 
 def test_one_flat_namespace_over_the_groups():
@@ -191,27 +188,3 @@ def test_model_config_and_keyword_form_build_the_same_network():
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
     with pytest.raises(ValueError, match="takes no other arguments"):
         create_model(config.arch, 10)
-
-
-LOWER = ("nn", "models", "data", "config.py", "options.py", "errors.py")
-HIGHER = ("aacn.train", "aacn.experiments", "aacn.viz", "aacn.cli")
-
-
-def _imports(path: Path) -> set[str]:
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):  # module level and inside functions alike
-        if isinstance(node, ast.ImportFrom) and node.module:
-            names.add(node.module)
-        elif isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-    return names
-
-
-def test_layers_point_down_and_commands_do_not_import_the_cli():
-    for part in LOWER:
-        for path in [SRC / part] if part.endswith(".py") else sorted((SRC / part).rglob("*.py")):
-            bad = sorted(m for m in _imports(path) if m.startswith(HIGHER))
-            assert not bad, f"{path.relative_to(SRC)} imports {bad}"
-    for path in sorted((SRC / "experiments").rglob("*.py")):
-        assert not any(m.startswith("aacn.cli") for m in _imports(path)), path
-    assert "aacn.experiments.report" not in _imports(SRC / "experiments" / "presets.py")

@@ -25,7 +25,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from aacn.config import RunConfig
-from aacn.train import run
+from aacn.train.loop import run
 from aacn.train.sync_bn import GlobalBatchNorm2d, convert_sync_batchnorm
 
 NPROC = 2
@@ -278,7 +278,7 @@ def _bn_worker(rank: int, store: str, result: str) -> None:
     try:
         _bn_step(rank, result)
     finally:
-        # DDP is freed (with _bn_step's frame) before the group is destroyed, as in aacn.train.run: freeing a
+        # DDP is freed (with _bn_step's frame) before the group is destroyed, as in aacn.train.loop.run: freeing a
         # DDP model after destroy_process_group sometimes hung the process at exit (PyTorch 2.13, gloo)
         dist.destroy_process_group()
 

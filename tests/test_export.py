@@ -77,7 +77,7 @@ def test_bad_requests_are_one_line_user_errors(model, tmp_path, monkeypatch):
 def aa_run(tiny_cifar10, tmp_path_factory):
     """A finished one-epoch run of a tiny AA-WRN with the paper's placement."""
     from aacn.config import RunConfig
-    from aacn.train import run
+    from aacn.train.loop import run
 
     out = tmp_path_factory.mktemp("runs") / "aa"
     run(RunConfig(model="wrn-10-1", epochs=1, subset=100, val_size=100, batch_size=50, lr=0.05,
@@ -100,8 +100,8 @@ def _test_images(run_dir, n):
 
 
 def test_aacn_export_pt2_equals_the_trained_model_on_test_images(aa_run, capsys):
-    import aacn
     from aacn.cli import main
+    from aacn.inference import load_model
 
     assert main(["export", str(aa_run)]) == 0
     path = aa_run / "model.pt2"
@@ -110,7 +110,7 @@ def test_aacn_export_pt2_equals_the_trained_model_on_test_images(aa_run, capsys)
     images = _test_images(aa_run, 5)
     loaded = torch.export.load(path).module()
     with torch.no_grad():
-        expected = aacn.load_model(aa_run)(images)
+        expected = load_model(aa_run)(images)
     assert expected.shape == (5, 10)
     torch.testing.assert_close(loaded(images), expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(loaded(images[:1]), expected[:1], rtol=1e-5, atol=1e-5)  # any batch size
@@ -132,8 +132,8 @@ def test_aacn_export_static_batch_and_out(aa_run, tmp_path, capsys):
 def test_aacn_export_onnx_equals_the_trained_model_on_test_images(aa_run, tmp_path, capsys):
     import onnxruntime
 
-    import aacn
     from aacn.cli import main
+    from aacn.inference import load_model
 
     path = tmp_path / "model.onnx"
     assert main(["export", str(aa_run), "--format", "onnx", "--out", str(path)]) == 0
@@ -142,7 +142,7 @@ def test_aacn_export_onnx_equals_the_trained_model_on_test_images(aa_run, tmp_pa
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (got,) = session.run(None, {session.get_inputs()[0].name: images.numpy()})
     with torch.no_grad():
-        expected = aacn.load_model(aa_run)(images)
+        expected = load_model(aa_run)(images)
     torch.testing.assert_close(torch.from_numpy(got), expected, rtol=1e-4, atol=1e-4)
 
 

@@ -1,4 +1,4 @@
-"""Inference from a run: ``aacn.load_model`` and ``aacn evaluate`` on a tiny trained run."""
+"""Inference from a run: ``aacn.inference.load_model`` and ``aacn evaluate`` on a tiny trained run."""
 
 from __future__ import annotations
 
@@ -10,13 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import aacn
 from aacn import inference
 from aacn.cli import main
 from aacn.config import RunConfig
 from aacn.errors import UserError
 from aacn.models import create_model
-from aacn.train import run
+from aacn.train.loop import run
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +28,8 @@ def tiny_run(tiny_cifar10, tmp_path_factory) -> Path:
 
 
 def test_load_model_is_the_trained_model_in_eval_mode(tiny_run):
-    model = aacn.load_model(tiny_run)
-    assert aacn.load_model is inference.load_model and not model.training
+    model = inference.load_model(tiny_run)
+    assert not model.training
     expected = create_model("resnet34", num_classes=10, base_width=4)
     newest = sorted((tiny_run / "checkpoints").iterdir())[-1]
     expected.load_state_dict(torch.load(newest, weights_only=True)["model"])
@@ -63,7 +62,7 @@ def test_aacn_evaluate_prints_top1_and_top5(tiny_run, capsys):
 
 def test_a_different_num_classes_is_refused_naming_both(tiny_run, capsys):
     with pytest.raises(UserError, match="num_classes=100 .* 10 classes"):
-        aacn.load_model(tiny_run, num_classes=100)
+        inference.load_model(tiny_run, num_classes=100)
     assert main(["evaluate", str(tiny_run), "--dataset", "cifar100", "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "num_classes=100" in err and "10 classes" in err
@@ -78,9 +77,9 @@ def test_runs_without_a_checkpoint_or_config_are_one_line(tiny_run, tmp_path, ca
     bare.mkdir()
     (bare / "config.json").write_bytes((tiny_run / "config.json").read_bytes())
     with pytest.raises(UserError, match="has not finished"):  # no results.json: partial weights at best
-        aacn.load_model(bare)
+        inference.load_model(bare)
     with pytest.raises(UserError, match="has no checkpoint"):
-        aacn.load_model(bare, partial=True)
+        inference.load_model(bare, partial=True)
     assert main(["evaluate", str(bare), "--device", "cpu", "--partial"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "has no checkpoint" in err

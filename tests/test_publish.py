@@ -13,7 +13,7 @@ from aacn.config import RunConfig
 from aacn.errors import UserError
 from aacn.experiments.presets import preset, run_slug
 from aacn.experiments.publish import publish
-from aacn.train.records import RunDir
+from aacn.train.rundir import RunDir
 
 REPO = Path(__file__).resolve().parents[1]
 

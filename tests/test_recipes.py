@@ -12,14 +12,14 @@ import torch
 from test_report import write_run
 from test_train import tiny_args
 
-import aacn.train
+import aacn.train.loop
 from aacn.cli import main
 from aacn.config import RunConfig
 from aacn.errors import UserError
 from aacn.experiments.reproduce import reproduce
 from aacn.experiments.sweep import parse_grid, sweep
 from aacn.train.recipes import RECIPES, StepDecay, WarmupCosine, build_optimizer, resolved_recipe, schedule_for
-from aacn.train.records import RunDir
+from aacn.train.rundir import RunDir
 
 
 def test_paper_sgd_warms_up_then_cosine():
@@ -176,7 +176,7 @@ def test_train_resume_refuses_a_run_whose_recipe_was_edited(tiny_cifar10, tmp_pa
 
 
 def _recording_trainer(calls, *, record_recipe=True):
-    """A stand-in for aacn.train.run that writes a finished record (with the resolved recipe, as train does)."""
+    """A stand-in for aacn.train.loop.run that writes a finished record (with the resolved recipe, as train does)."""
     def fake_run(config, *, resume=False, overwrite=False):
         calls.append(Path(config.out).name)
         fields = {k: v for k, v in config.flat().items() if k not in ("out", "epochs")}
@@ -193,7 +193,7 @@ def test_reproduce_refuses_runs_whose_recipe_was_edited_and_reads_older_records_
                                                                                         capsys):
     calls: list[str] = []
     out = tmp_path / "runs"
-    monkeypatch.setattr(aacn.train, "run", _recording_trainer(calls, record_recipe=False))
+    monkeypatch.setattr(aacn.train.loop, "run", _recording_trainer(calls, record_recipe=False))
     reproduce("table1", scale="smoke", out=out, log=lambda *a: None)
     edited = dataclasses.replace(RECIPES["wrn-sgd"], schedule=StepDecay((30, 60, 90), 100, (0.2, 0.04, 0.008)))
     monkeypatch.setitem(RECIPES, "wrn-sgd", edited)
@@ -202,7 +202,7 @@ def test_reproduce_refuses_runs_whose_recipe_was_edited_and_reads_older_records_
     assert calls == []  # records without a resolved recipe are compared by its name, as before
 
     monkeypatch.undo()
-    monkeypatch.setattr(aacn.train, "run", _recording_trainer(calls))
+    monkeypatch.setattr(aacn.train.loop, "run", _recording_trainer(calls))
     other = tmp_path / "recorded"
     reproduce("table1", scale="smoke", out=other, log=lambda *a: None)
     monkeypatch.setitem(RECIPES, "wrn-sgd", edited)
@@ -220,7 +220,7 @@ def test_reproduce_refuses_runs_whose_recipe_was_edited_and_reads_older_records_
 
 def test_sweep_refuses_points_whose_recipe_was_edited(tiny_cifar10, tmp_path, monkeypatch):
     calls: list[str] = []
-    monkeypatch.setattr(aacn.train, "run", _recording_trainer(calls))
+    monkeypatch.setattr(aacn.train.loop, "run", _recording_trainer(calls))
     base = RunConfig(model="wrn-10-1", base_width=2, epochs=1, batch_size=50, subset=100, val_size=50,
                      recipe="paper-sgd", data_dir=str(tiny_cifar10), device="cpu", progress=False)
     grid = parse_grid(["seed=0,1"])

@@ -17,7 +17,7 @@ from aacn.config import RunConfig
 from aacn.errors import UserError
 from aacn.experiments.reproduce import check_reuse
 from aacn.inference import load_model
-from aacn.train.record_check import complete_config
+from aacn.train.rundir import complete_config
 
 
 def tiny(data: Path, out: Path, *extra: str, epochs: int = 2) -> list[str]:

@@ -15,8 +15,9 @@ import pytest
 from aacn.cli import main
 from aacn.config import RunConfig
 from aacn.errors import UserError
-from aacn.experiments.report import report, run_label
-from aacn.train.records import RunDir
+from aacn.experiments.labels import run_label
+from aacn.experiments.report import report
+from aacn.train.rundir import RunDir
 
 
 def write_run(path: Path, *, finished: bool = True, epochs: int = 3, test_acc: float = 80.0,

@@ -8,13 +8,13 @@ import pytest
 import torch
 from test_report import write_run
 
-import aacn.train
+import aacn.train.loop
 from aacn.cli import main
 from aacn.errors import UserError
 from aacn.experiments.presets import SCALES, TABLES, preset, run_folder, run_slug, scale_settings
 from aacn.experiments.reproduce import reproduce
 from aacn.models import create_model
-from aacn.train.records import RunDir
+from aacn.train.rundir import RunDir
 
 TABLE1 = ["ResNet-34", "ResNet-34 (no aug)", "WRN-28-10", "WRN-28-10 (no aug)"]
 TABLE2 = ["ResNet-34", "AA-ResNet-34", "WRN-28-10", "AA-WRN-28-10", "AA-NRE-WRN-28-10"]
@@ -112,7 +112,7 @@ def _fake_trainer(calls):
 
 def test_reproduce_skips_finished_resumes_started_and_reports(tmp_path, monkeypatch, capsys):
     calls: list[tuple[str, bool]] = []
-    monkeypatch.setattr(aacn.train, "run", _fake_trainer(calls))
+    monkeypatch.setattr(aacn.train.loop, "run", _fake_trainer(calls))
     out = tmp_path / "t1"
     result = reproduce("table1", scale="smoke", seeds=2, out=out, log=lambda *a: None)
     assert len(calls) == 8 and not any(resume for _, resume in calls)
@@ -143,7 +143,7 @@ def test_reproduce_skips_finished_resumes_started_and_reports(tmp_path, monkeypa
 
 def test_reproduce_refuses_stale_runs_unless_overwrite(tmp_path, monkeypatch, capsys):
     calls: list[tuple[str, bool]] = []
-    monkeypatch.setattr(aacn.train, "run", _fake_trainer(calls))
+    monkeypatch.setattr(aacn.train.loop, "run", _fake_trainer(calls))
     out = tmp_path / "runs"
     reproduce("table1", scale="smoke", out=out, log=lambda *a: None)
     calls.clear()
@@ -165,7 +165,7 @@ def test_interrupted_reproduce_says_run_the_same_command_again(tmp_path, monkeyp
     def interrupted(config, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(aacn.train, "run", interrupted)
+    monkeypatch.setattr(aacn.train.loop, "run", interrupted)
     lines: list[str] = []
     with pytest.raises(KeyboardInterrupt):
         reproduce("table1", scale="smoke", out=tmp_path, log=lines.append)
@@ -207,7 +207,7 @@ def test_cpu_scale_is_the_study_on_two_cores():
 
 def test_dry_run_prints_every_run_with_an_estimate_and_trains_nothing(tmp_path, tiny_cifar10, monkeypatch, capsys):
     calls: list[tuple[str, bool]] = []
-    monkeypatch.setattr(aacn.train, "run", _fake_trainer(calls))
+    monkeypatch.setattr(aacn.train.loop, "run", _fake_trainer(calls))
     out = tmp_path / "runs"
     reproduce("table1", scale="smoke", out=out, log=lambda *a: None)  # every run finished
     (out / "wrn-28-10-1-8-width-seed0" / "results.json").unlink()  # one started, not finished

@@ -7,12 +7,12 @@ import io
 
 import pytest
 
-import aacn.train
+import aacn.train.loop
 from aacn.cli import main
 from aacn.config import RunConfig
 from aacn.errors import UserError
 from aacn.experiments.sweep import check_points, grid_points, parse_grid, summarize, sweep
-from aacn.train.records import RunDir
+from aacn.train.rundir import RunDir
 
 
 def test_parse_grid_types_and_order():
@@ -49,7 +49,7 @@ def test_points_are_the_product_with_their_own_folders(tmp_path):
 
 
 def test_bad_values_fail_before_any_training(tmp_path, tiny_cifar10, monkeypatch):
-    monkeypatch.setattr(aacn.train, "run", lambda *a, **k: pytest.fail("trained despite a bad grid"))
+    monkeypatch.setattr(aacn.train.loop, "run", lambda *a, **k: pytest.fail("trained despite a bad grid"))
     base = RunConfig(model="wrn-10-1", attention="seed", base_width=4, data_dir=str(tiny_cifar10), val_size=50,
                      batch_size=50, progress=False)
     with pytest.raises(UserError, match=r"kappa-1.5.*kappa must be a fraction in \(0, 1\]"):
@@ -65,7 +65,7 @@ def test_bad_values_fail_before_any_training(tmp_path, tiny_cifar10, monkeypatch
 
 
 def test_cli_bad_grid_point_exits_2_before_training(tmp_path, tiny_cifar10, monkeypatch, capsys):
-    monkeypatch.setattr(aacn.train, "run", lambda *a, **k: pytest.fail("trained despite a bad grid"))
+    monkeypatch.setattr(aacn.train.loop, "run", lambda *a, **k: pytest.fail("trained despite a bad grid"))
     argv = ["sweep", "--model", "wrn-10-1", "--base-width", "2", "--data-dir", str(tiny_cifar10), "--val-size", "50",
             "--batch-size", "50", "--no-progress", "--grid", "subset=100,100000", "--out", str(tmp_path)]
     assert main(argv) == 2
@@ -89,7 +89,7 @@ def test_two_point_sweep_resumes_after_a_crash(tmp_path, tiny_cifar10, monkeypat
     second = out / "num_heads-2"
 
     calls: list[tuple[str, bool]] = []
-    real_run = aacn.train.run
+    real_run = aacn.train.loop.run
 
     def recording_run(config, *, resume=False, overwrite=False):
         calls.append((config.out, resume))
@@ -104,7 +104,7 @@ def test_two_point_sweep_resumes_after_a_crash(tmp_path, tiny_cifar10, monkeypat
             raise RuntimeError("simulated crash")
         return real_save(self, state, epoch, *args, **kwargs)
 
-    monkeypatch.setattr(aacn.train, "run", recording_run)
+    monkeypatch.setattr(aacn.train.loop, "run", recording_run)
     monkeypatch.setattr(RunDir, "save_checkpoint", crash_once)
     with pytest.raises(RuntimeError, match="simulated crash"):
         sweep(base, grid, out)
@@ -217,7 +217,7 @@ def test_cli_sweep_refuses_mixed_data_unless_allowed(tmp_path, monkeypatch, caps
 
 
 def test_grid_points_that_train_the_same_model_are_refused_before_training(tmp_path, tiny_cifar10, monkeypatch):
-    monkeypatch.setattr(aacn.train, "run", lambda *a, **k: pytest.fail("nothing may train"))
+    monkeypatch.setattr(aacn.train.loop, "run", lambda *a, **k: pytest.fail("nothing may train"))
     base = RunConfig(model="wrn-10-1", attention="seed", base_width=4, epochs=1, val_size=100,
                      data_dir=str(tiny_cifar10))
     # at least 20 key dims per head: kappa 0.1 and 0.2 both give dk = 20 * num_heads

@@ -9,10 +9,10 @@ import sys
 import pytest
 from test_train import tiny_args
 
-import aacn.train
+import aacn.train.loop
 from aacn.cli import main
 from aacn.train.recipes import schedule_for
-from aacn.train.records import RunDir
+from aacn.train.rundir import RunDir
 
 STEP_TAGS = {"step/loss", "step/lr"}
 EPOCH_TAGS = {f"epoch/{key}" for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_s",
@@ -72,7 +72,7 @@ def test_reproduce_and_sweep_pass_it_on_and_do_not_compare_it(tmp_path, monkeypa
         seen.append(config.tensorboard)
         return fake(config, **kwargs)
 
-    monkeypatch.setattr(aacn.train, "run", recording)
+    monkeypatch.setattr(aacn.train.loop, "run", recording)
     out = tmp_path / "t1"
     assert main(["reproduce", "table1", "--out", str(out), "--tensorboard"]) == 0
     assert seen == [True] * 4

@@ -20,8 +20,9 @@ from aacn.data.augment import Normalizer
 from aacn.data.cifar import load_cifar
 from aacn.data.loader import DeviceLoader
 from aacn.models import create_model
-from aacn.train import distributed, run
+from aacn.train import distributed
 from aacn.train.evaluate import evaluate
+from aacn.train.loop import run
 from aacn.train.step import EpochState, Learner, train_one_epoch
 
 TIME_KEYS = {"epoch_time_s", "images_per_s", "peak_mem_bytes"}

@@ -1,18 +1,18 @@
 """aacn: attention-augmented convolutional networks on CIFAR.
 
-Subpackages: ``aacn.nn`` (relative attention, AAConv2d), ``aacn.models`` (ResNet, WRN, registry),
-``aacn.data`` (CIFAR download/verify/load, on-device augmentation), ``aacn.train`` (loop, recipes,
-records), ``aacn.experiments`` (table presets, sweeps, reports), ``aacn.viz`` (curves, attention maps).
+Subpackages, lowest layer first (a module imports only from its own layer or those below it):
+``aacn.nn`` (relative attention, AAConv2d), ``aacn.models`` (ResNet, WRN, placements, registry), ``aacn.data``
+(CIFAR download/verify/load, on-device augmentation) and ``aacn.config`` (a run's options); ``aacn.train`` (loop,
+recipes, run directories); ``aacn.inference`` and ``aacn.export`` (trained runs); ``aacn.viz`` (curves, attention
+maps); ``aacn.experiments`` (table presets, sweeps, reports); ``aacn.cli``.
+
+This file defines only :data:`__version__`, so ``import aacn`` imports nothing else (no torch). Import what you use
+from the module that defines it, e.g. ``from aacn.inference import load_model``.
 """
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
 
-
-def __getattr__(name: str):
-    """``aacn.load_model`` (see :func:`aacn.inference.load_model`), imported on first use so that ``import aacn``
-    stays light (no torch)."""
-    if name == "load_model":
-        from aacn.inference import load_model
-
-        return load_model
-    raise AttributeError(f"module 'aacn' has no attribute {name!r}")
+try:
+    __version__ = version("aacn")  # the installed distribution's, declared once in pyproject.toml
+except PackageNotFoundError:  # a source tree on sys.path that was never installed
+    __version__ = "0+unknown"

@@ -37,7 +37,7 @@ def default_out(config: RunConfig) -> str:
 
 def _train(args: argparse.Namespace) -> int:
     from aacn.config import config_from_args
-    from aacn.train import run
+    from aacn.train.loop import run
 
     if args.resume and args.overwrite:
         raise UserError("--resume and --overwrite contradict each other; pick one")
@@ -72,7 +72,7 @@ def _export(args: argparse.Namespace) -> int:
     from aacn.export import check_format, export_model
     from aacn.files import check_output_file
     from aacn.inference import load_trained
-    from aacn.train.records import RunDir
+    from aacn.train.rundir import RunDir
 
     if args.batch is not None and args.batch < 1:
         raise UserError(f"--batch must be a positive number of images, got {args.batch}; or leave it out for any")
@@ -92,7 +92,7 @@ def _export(args: argparse.Namespace) -> int:
     print(f"load: {_LOAD_HINT[args.format].format(path=str(path))}")
     if args.format == "pt2":
         print("trust: torch.export.load can run code from a crafted .pt2; load only files you trust (for weights "
-              "from elsewhere, aacn.load_model(RUN_DIR) reads them with weights_only=True)")
+              "from elsewhere, aacn.inference.load_model(RUN_DIR) reads them with weights_only=True)")
     return 0
 
 

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from aacn.errors import UserError
 from aacn.files import atomic_write
-from aacn.nn import AAConv2d
+from aacn.nn.aaconv import AAConv2d
 
 __all__ = ["FORMATS", "check_format", "export_model"]
 

@@ -1,4 +1,4 @@
-"""Use a trained run: its model (:func:`load_model`, also ``aacn.load_model``) and its test accuracy
+"""Use a trained run: its model (:func:`load_model`) and its test accuracy
 (:func:`evaluate_run`, also ``aacn evaluate RUN_DIR``).
 
 Both build the model from the run's own ``config.json`` (through :func:`aacn.train.build.build_model`, as the
@@ -21,14 +21,13 @@ from torch import nn
 from aacn.config import RunConfig
 from aacn.data.cifar import NUM_CLASSES
 from aacn.errors import UserError
-from aacn.train.record_check import recorded_config
-from aacn.train.records import RunDir
+from aacn.train.rundir import RunDir, recorded_config
 
 __all__ = ["Trained", "load_trained", "load_model", "evaluate_run"]
 
 
 def _run_config(run: RunDir) -> RunConfig:
-    """The run's config, once its record is known complete and consistent (:mod:`aacn.train.record_check`)."""
+    """The run's config, once its record is known complete and consistent (:mod:`aacn.train.rundir`)."""
     if not run.config_path.is_file() and not run.results_path.is_file():
         raise UserError(f"{run.path} is not a run directory (no config.json); pass a folder written by 'aacn train'")
     config = recorded_config(run)

@@ -7,7 +7,9 @@
 * :mod:`aacn.experiments.reproduce` — ``aacn reproduce``: train them one by one (keep finished, resume
   started, refuse folders holding other settings), then report;
 * :mod:`aacn.experiments.report` — ``aacn report``: markdown / CSV tables (mean ± std over seeds) and learning
-  curves, read from run directories only;
+  curves, read from run directories only, through :mod:`aacn.experiments.rows` (run records read, checked and
+  grouped into rows) and :mod:`aacn.experiments.tables` (rows as markdown, CSV, marks and notes);
+* :mod:`aacn.experiments.effects` — paired effects of attention between rows, with intervals and verdicts;
 * :mod:`aacn.experiments.publish` — ``aacn report --publish results docs/RESULTS.md``: the published results
   page, generated from the records under ``results/``;
 * :mod:`aacn.experiments.sweep` — ``aacn sweep``: a grid over model options and training fields;

@@ -50,7 +50,7 @@ from typing import Any, Protocol
 
 import torch
 
-from aacn.data import CifarData, Split, load_cifar, resolve_data_dir
+from aacn.data.cifar import CifarData, Split, load_cifar, resolve_data_dir
 from aacn.errors import UserError
 from aacn.experiments.airbench_cpu import cpu_float32, import_airbench
 from aacn.files import atomic_write, check_output_dir, strict_json, write_json

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from aacn.config import RunConfig
-from aacn.models import create_model
+from aacn.models.registry import create_model
 from aacn.train.distributed import resolve_device
 
 __all__ = ["Estimator", "RunPlan", "estimate_seconds", "plan_line", "format_duration", "load_average"]

@@ -12,7 +12,7 @@ from fractions import Fraction
 from typing import Any
 
 from aacn.config import RunConfig
-from aacn.models import model_family
+from aacn.models.registry import model_family
 from aacn.models.resnet import ResNet
 from aacn.models.wide_resnet import WideResNet
 

@@ -53,7 +53,7 @@ from typing import Any
 
 from aacn.config import OPTIONS, RunConfig
 from aacn.experiments.labels import run_label
-from aacn.models import model_family
+from aacn.models.registry import model_family
 from aacn.nn.functional import IMPLS
 
 __all__ = ["TABLES", "SCALES", "TABLE2_PLACEMENTS", "ROWS", "SCALE_SETTINGS", "SMOKE_ATTENTION", "ATTENTION_SETTINGS",

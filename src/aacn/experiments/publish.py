@@ -37,20 +37,22 @@ from typing import Any
 from aacn.errors import UserError
 from aacn.experiments.effects import effects_markdown, table_effects
 from aacn.experiments.presets import SCALE_NOTES, SCALES, TABLE2_PLACEMENTS, preset
-from aacn.experiments.report import (
+from aacn.experiments.rows import (
     METRICS,
-    PROVENANCE_COLUMNS,
     ReportRow,
     RunRecord,
     Stat,
     check_same_data,
+    flat_config,
+    group_runs,
+    load_run,
+)
+from aacn.experiments.tables import (
+    PROVENANCE_COLUMNS,
     columns_for,
     data_marks,
     data_text,
-    flat_config,
     format_params,
-    group_runs,
-    load_run,
     markdown_table,
     provenance_table,
     row_values,

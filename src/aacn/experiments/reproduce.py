@@ -21,8 +21,8 @@ from aacn.errors import UserError
 from aacn.experiments.estimate import Estimator, RunPlan, estimate_seconds, format_duration, load_average, plan_line
 from aacn.experiments.presets import preset, report_folder, run_folder
 from aacn.experiments.report import ReportResult, report
-from aacn.train.record_check import run_differences
-from aacn.train.records import RunDir
+from aacn.train import loop
+from aacn.train.rundir import RunDir, run_differences
 
 __all__ = ["default_out", "check_reuse", "train_or_resume", "train_all", "plan_runs", "dry_run", "reproduce",
            "RERUN_HINT"]
@@ -54,13 +54,12 @@ def train_or_resume(config: RunConfig, *, overwrite: bool = False, log: Any = pr
     """Bring the run in ``config.out`` to its end: keep it if finished, resume it if started, else train it.
 
     A run directory with other settings is refused (:func:`check_reuse`) unless ``overwrite``, which trains
-    afresh. Returns ``"skipped"``, ``"resumed"`` or ``"trained"``. ``aacn.train.run`` is looked up at call time.
+    afresh. Returns ``"skipped"``, ``"resumed"`` or ``"trained"``. ``aacn.train.loop.run`` is looked up at call
+    time.
     """
-    from aacn import train
-
     if overwrite:
         log(f"[train] {config.out} (overwrite)")
-        train.run(config, overwrite=True)
+        loop.run(config, overwrite=True)
         return "trained"
     run_dir = check_reuse(config)
     if run_dir.is_finished():
@@ -68,10 +67,10 @@ def train_or_resume(config: RunConfig, *, overwrite: bool = False, log: Any = pr
         return "skipped"
     if run_dir.has_started():
         log(f"[resume] {config.out}")
-        train.run(config, resume=True)
+        loop.run(config, resume=True)
         return "resumed"
     log(f"[train] {config.out}")
-    train.run(config)
+    loop.run(config)
     return "trained"
 
 

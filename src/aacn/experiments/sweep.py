@@ -27,23 +27,14 @@ from typing import Any
 
 from aacn.config import OPTIONS, RESULT_NEUTRAL, SWEEP_KEYS, RunConfig, parse_value
 from aacn.errors import UserError
-from aacn.experiments.report import (
-    BASIC_COLUMNS,
-    TIME_COLUMN,
-    ReportResult,
-    check_same_data,
-    format_params,
-    group_runs,
-    load_runs,
-    rows_csv,
-    short_value,
-    tabulate,
-)
+from aacn.experiments.report import ReportResult
 from aacn.experiments.reproduce import train_all
+from aacn.experiments.rows import check_same_data, group_runs, load_runs, short_value
+from aacn.experiments.tables import BASIC_COLUMNS, TIME_COLUMN, format_params, rows_csv, tabulate
 from aacn.files import atomic_write, check_output_dir
 from aacn.train.lock import run_lock
 from aacn.train.progress import describe_attention
-from aacn.train.records import RunDir
+from aacn.train.rundir import RunDir
 
 __all__ = ["parse_grid", "grid_points", "check_points", "summarize", "sweep"]
 
@@ -111,8 +102,8 @@ def check_points(points: Sequence[RunConfig]) -> None:
     """
     import torch
 
-    from aacn.data import load_cifar
-    from aacn.models import create_model
+    from aacn.data.cifar import load_cifar
+    from aacn.models.registry import create_model
     from aacn.train.recipes import RECIPES
 
     seen: dict[str, str] = {}  # what a point trains -> the first point that trains it

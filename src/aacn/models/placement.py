@@ -47,8 +47,7 @@ from torch import nn
 
 from aacn.config import AttentionConfig
 from aacn.models.placement_rules import PLACEMENTS, describe_placements, rule_for
-from aacn.nn import AAConv2d
-from aacn.nn.aaconv import resolve_depth
+from aacn.nn.aaconv import AAConv2d, resolve_depth
 
 __all__ = [
     "ConvSlot",

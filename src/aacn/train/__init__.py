@@ -1,7 +1,9 @@
-"""aacn.train: the training loop (:func:`run`), its step (:func:`train_one_epoch`), recipes, run records and
-distributed helpers."""
+"""aacn.train: one training run.
 
-from aacn.train.loop import run
-from aacn.train.step import train_one_epoch, train_step
-
-__all__ = ["run", "train_one_epoch", "train_step"]
+:mod:`~aacn.train.loop` (``run``, the run top to bottom), :mod:`~aacn.train.build` (model, loaders, learner from
+a config), :mod:`~aacn.train.step` (``train_step``, ``train_one_epoch``), :mod:`~aacn.train.recipes` (optimiser
+and schedule), :mod:`~aacn.train.rundir` (the run directory: records, checkpoints, resume and reuse rules),
+:mod:`~aacn.train.lock` (one writer per folder), :mod:`~aacn.train.evaluate`, :mod:`~aacn.train.progress`,
+:mod:`~aacn.train.tensorboard` and the distributed helpers (:mod:`~aacn.train.distributed`,
+:mod:`~aacn.train.sync_bn`). Import from those modules; this file re-exports nothing.
+"""

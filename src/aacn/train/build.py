@@ -20,7 +20,7 @@ from aacn.data.augment import Normalizer
 from aacn.data.cifar import CifarData, Split, load_cifar
 from aacn.data.loader import DeviceLoader
 from aacn.errors import UserError
-from aacn.models import create_model
+from aacn.models.registry import create_model
 from aacn.nn.triton_attention import triton_unavailable_reason
 from aacn.train import distributed
 from aacn.train.recipes import RECIPES, build_optimizer

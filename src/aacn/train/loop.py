@@ -42,7 +42,6 @@ from aacn.train.build import (
     place_model,
     uses_channels_last,
 )
-from aacn.train.checkpoint import Position, restore, training_state
 from aacn.train.evaluate import count_parameters, evaluate, flops_per_image
 from aacn.train.lock import run_lock
 from aacn.train.progress import (
@@ -54,9 +53,18 @@ from aacn.train.progress import (
     percent,
 )
 from aacn.train.recipes import resolved_recipe
-from aacn.train.resume import Start, check_same_config, prepare_run_dir
+from aacn.train.rundir import (
+    Position,
+    Start,
+    check_same_config,
+    check_same_data,
+    epoch_row,
+    prepare_run_dir,
+    restore,
+    summarize,
+    training_state,
+)
 from aacn.train.step import AgreedStop, EpochState, Learner, NonFiniteLoss, train_one_epoch
-from aacn.train.summary import epoch_row, summarize
 from aacn.train.tensorboard import TensorBoardLog
 
 MEMORY_ADVICE = "lower --batch-size or --base-width, or try --attention-impl chunked or --amp bf16"
@@ -116,7 +124,7 @@ def _run(config: RunConfig, ctx: distributed.Context, *, resume: bool, overwrite
     amp_dtype = check_settings(config, ctx)
     data = load_data(config, ctx)
     if start.action == "resume":
-        _check_same_data(start.run_dir, start.recorded_data, data, "its config.json records")
+        check_same_data(start.run_dir, start.recorded_data, _data_provenance(data), "its config.json records")
     session = _build(config, ctx, data, start, amp_dtype)
     position = _restore(session, start)
     _write_start_records(session)
@@ -191,24 +199,11 @@ def _restore(s: _Session, start: Start) -> Position:
     path, state = found
     check_same_config(s.run_dir, s.config, what="its checkpoint was made with", saved=state["config"],
                       recipe=state.get("recipe"))
-    _check_same_data(s.run_dir, state.get("data"), s.data, f"{path.name} was trained on")
+    check_same_data(s.run_dir, state.get("data"), _data_provenance(s.data), f"{path.name} was trained on")
     position = restore(s.learner, state, s.ctx)
     s.rows = [r for r in s.run_dir.read_metrics() if r["epoch"] <= position.epoch]
     _log(s.ctx, f"resuming {s.run_dir.path} from {path.name} (epoch {position.epoch}, step {position.step})")
     return position
-
-
-def _check_same_data(run_dir, recorded: Any, data: CifarData, where: str) -> None:
-    """Refuse to resume on images other than those the run trained on (their recorded fingerprints)."""
-    then = recorded.get("fingerprint") if isinstance(recorded, dict) else None
-    now = (_data_provenance(data) or {}).get("fingerprint")
-    if not isinstance(then, dict) or not isinstance(now, dict) or then == now:
-        return
-    splits = [k for k in sorted(set(then) | set(now), key=str) if then.get(k) != now.get(k)]
-    first = splits[0]
-    raise UserError(f"cannot resume {run_dir.path}: the data loaded now are not those {where} (fingerprint of "
-                    f"{', '.join(map(str, splits))}: {str(then.get(first))[:12]} recorded, {str(now.get(first))[:12]} "
-                    "now); pass the --data-dir (and data options) it trained with, or --overwrite", all_ranks=True)
 
 
 def _write_start_records(s: _Session) -> None:

@@ -30,8 +30,7 @@ from aacn.config import RunConfig
 from aacn.errors import UserError
 from aacn.files import check_output_dir, check_output_file
 from aacn.inference import load_model
-from aacn.train.record_check import recorded_config
-from aacn.train.records import RunDir
+from aacn.train.rundir import RunDir, recorded_config
 
 __all__ = [
     "DEFAULT_PIXELS",
@@ -153,8 +152,8 @@ def compute_attention_maps(
     Raises :class:`UserError` for a folder that is no run, a run without attention, an unknown layer (listing
     the valid ones), an image index out of range, a pixel outside the image or a run without checkpoints.
     """
-    from aacn.data import load_cifar
     from aacn.data.augment import Normalizer
+    from aacn.data.cifar import load_cifar
 
     run = RunDir(run_dir)
     config, layers = _run_layers(run)

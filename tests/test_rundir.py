@@ -7,8 +7,8 @@ import torch
 
 from aacn.config import RunConfig
 from aacn.errors import UserError
-from aacn.train import records
-from aacn.train.records import RunDir
+from aacn.train import rundir
+from aacn.train.rundir import RunDir
 
 
 def _state(value: float) -> dict:
@@ -21,7 +21,7 @@ def test_checkpoints_are_pruned_and_loadable_with_weights_only(tmp_path):
         run.save_checkpoint(_state(epoch), epoch, keep=2)
     assert [p.name for p in run.checkpoints()] == ["epoch-0003.pt", "epoch-0004.pt"]
     state = torch.load(run.checkpoints()[-1], weights_only=True)
-    assert state["epoch"] == 4 and state["format"] == records.CHECKPOINT_FORMAT
+    assert state["epoch"] == 4 and state["format"] == rundir.CHECKPOINT_FORMAT
     run.save_checkpoint(_state(5), 4, step=7, keep=3)  # a mid-epoch checkpoint sorts after its epoch's
     assert run.checkpoints()[-1].name == "epoch-0004-step-000007.pt"
 
@@ -44,7 +44,7 @@ def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
         fh.write(b"partial bytes")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(records.torch, "save", disk_full)
+    monkeypatch.setattr(rundir.torch, "save", disk_full)
     with pytest.raises(UserError, match="No space left on device.*previous version is intact"):
         run.save_checkpoint(_state(2), 2, keep=1)
     monkeypatch.undo()
