@@ -286,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         print(f"{r['size']:>4} {r['dkh']:>4} {r['dvh']:>4} {r['impl']:>10} {_fmt(r.get('time_s'), '8.3f')} "
               f"{_fmt(r.get('cpu_s'), '8.3f')} {_fmt(r.get('extra_peak_mb'), '9.1f')} {_fmt(r['time_ratio'], '8.3f')} "
-              f"{_fmt(r['memory_ratio'], '8.3f')} {_fmt(r['plain_ratio'], '8.3f')} {_fmt(r['plain_cpu_ratio'], '8.3f')}  "
+              f"{_fmt(r['memory_ratio'], '8.3f')} {_fmt(r['plain_ratio'], '8.3f')} "
+              f"{_fmt(r['plain_cpu_ratio'], '8.3f')}  "
               f"{r['auto'] if r['impl'] == r['auto'] else '':>4}  "
               f"{r.get('error', '')}")
     report = {

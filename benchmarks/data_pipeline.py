@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from aacn.data import Split, load_cifar
 from aacn.data.augment import Normalizer
-from aacn.data.cifar import Split, load_cifar
 from aacn.data.loader import DeviceLoader
 
 PAD = 4

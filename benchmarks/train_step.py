@@ -37,8 +37,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from aacn.data import Split
 from aacn.data.augment import Normalizer
-from aacn.data.cifar import Split
 from aacn.data.loader import DeviceLoader
 from aacn.files import write_json
 from aacn.models import create_model

@@ -14,7 +14,9 @@ import pytest
 import torch
 
 from aacn.data import cifar
-from aacn.data.cifar import NUM_CLASSES, load_cifar, resolve_data_dir
+from aacn.data.cifar import load_cifar, resolve_data_dir
+from aacn.data.registry import DATASETS
+from aacn.data.splits import Splits
 from aacn.errors import UserError
 
 PER_BATCH = 5  # images per CIFAR-10 batch file -> 25 train, 5 test
@@ -111,7 +113,7 @@ def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     return srv, arrays
 
 
-def _check_split(data: cifar.CifarData, arrays: dict[str, np.ndarray], val_size: int, seed: int) -> None:
+def _check_split(data: Splits, arrays: dict[str, np.ndarray], val_size: int, seed: int) -> None:
     x = torch.from_numpy(arrays["x"]).reshape(-1, 3, 32, 32)
     y = torch.from_numpy(arrays["y"])
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
@@ -132,7 +134,7 @@ def test_download_verify_extract_then_offline(server, tmp_path: Path, monkeypatc
     assert (data_dir / spec.filename).is_file() and (data_dir / spec.folder).is_dir()
     assert sorted(p.name for p in data_dir.iterdir()) == sorted([spec.filename, spec.folder])  # no temp files
     assert (len(data.train), len(data.val), len(data.test)) == (20, 5, 5)
-    assert data.name == name and data.num_classes == NUM_CLASSES[name]
+    assert data.name == name and data.num_classes == DATASETS[name].num_classes == spec.num_classes
     assert data.classes == (C10_NAMES if name == "cifar10" else C100_NAMES)
     _check_split(data, arrays[name], 5, 3)
     # Second load: no network needed, archive not even needed.

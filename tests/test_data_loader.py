@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from aacn.data.augment import AugmentPlan, PaddedImages, augment
-from aacn.data.cifar import Split
 from aacn.data.loader import DeviceLoader, epoch_generator, epoch_plan
 from aacn.data.normalize import NORMALIZE_MODES, Normalizer
+from aacn.data.splits import Split
 from aacn.errors import UserError
 
 

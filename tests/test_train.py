@@ -336,7 +336,7 @@ def _no_data_loading(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("data was loaded before --out was checked")
 
-    monkeypatch.setattr(loop, "load_data", refuse)
+    monkeypatch.setattr(loop, "load_run_data", refuse)
 
 
 @pytest.mark.parametrize("where", ["existing file", "below a file", "read-only folder", "impossible path"])
@@ -383,7 +383,7 @@ def test_ctrl_c_during_start_up_is_one_line(tiny_cifar10, tmp_path, monkeypatch,
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(loop, "load_data", interrupted)  # while the data loads
+    monkeypatch.setattr(loop, "load_run_data", interrupted)  # while the data loads
     assert main(tiny_args(tiny_cifar10, tmp_path / "run")) == 130
     assert capsys.readouterr().err.strip() == "aacn: interrupted"
     monkeypatch.setattr(cli, "build_parser", interrupted)  # while the CLI imports torch and builds its parser

@@ -68,7 +68,7 @@ _LOAD_HINT = {
 def _export(args: argparse.Namespace) -> int:
     import torch
 
-    from aacn.data.cifar import NUM_CLASSES
+    from aacn.data.registry import dataset
     from aacn.export import check_format, export_model
     from aacn.files import check_output_file
     from aacn.inference import load_trained
@@ -83,12 +83,15 @@ def _export(args: argparse.Namespace) -> int:
     out = check_output_file(args.out or run.path / f"model.{args.format}", "--out")
     weights = load_trained(run.path, partial=args.partial)
     config, model = weights.config, weights.model
-    example = torch.zeros(args.batch or 2, 3, 32, 32)  # the shape of CIFAR images; the values do not matter
+    data = dataset(config.dataset)  # the run's dataset: its image shape (C, H, W) and classes
+    shape = data.image_shape
+    example = torch.zeros(args.batch or 2, *shape)  # the values do not matter
     path = export_model(model, example, out, args.format, dynamic_batch=args.batch is None)
     batch = "any N" if args.batch is None else f"N = {args.batch} exactly"
     print(f"wrote {path}: the {config.model} of {run.path} ({weights.describe()}; eval mode) as {args.format}")
-    print(f"input: float32 (N, 3, 32, 32), {batch}, images normalised as the run trained (--normalize "
-          f"{config.normalize}, statistics of its training split); output: (N, {NUM_CLASSES[config.dataset]}) logits")
+    print(f"input: float32 (N, {', '.join(map(str, shape))}), {batch}, images normalised as the run trained "
+          f"(--normalize {config.normalize}, statistics of its training split); output: (N, "
+          f"{data.num_classes}) logits")
     print(f"load: {_LOAD_HINT[args.format].format(path=str(path))}")
     if args.format == "pt2":
         print("trust: torch.export.load can run code from a crafted .pt2; load only files you trust (for weights "
@@ -101,7 +104,7 @@ _PARTIAL_HELP = ("use the newest checkpoint of an unfinished run (partial weight
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from aacn.config import DATASETS
+    from aacn.data.registry import DATASETS
     from aacn.experiments import commands
     from aacn.export import FORMATS
 
@@ -124,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by 'aacn train'")
     evaluate.add_argument("--dataset", choices=DATASETS, help="default: the run's")
     evaluate.add_argument("--tta", action="store_true", help="also with flip test-time augmentation")
-    evaluate.add_argument("--data-dir", help="where CIFAR lives (default: the run's --data-dir)")
+    evaluate.add_argument("--data-dir", help="where the dataset lives (default: the run's --data-dir)")
     evaluate.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     evaluate.add_argument("--partial", action="store_true", help=_PARTIAL_HELP)
     evaluate.set_defaults(func=_evaluate)

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from aacn.data.augment import NORMALIZE_MODES
-from aacn.data.cifar import NUM_CLASSES
+from aacn.data.registry import DATASETS
 from aacn.errors import OptionError, UserError
 from aacn.files import read_json
 from aacn.nn.functional import IMPLS
@@ -53,7 +53,6 @@ from aacn.options import (
 
 __all__ = [
     "CONFIG_FORMAT",
-    "DATASETS",
     "AMP_MODES",
     "DEVICES",
     "STEMS",
@@ -78,7 +77,6 @@ __all__ = [
 ]
 
 CONFIG_FORMAT = 2  # version of the config.json layout written by RunConfig.to_dict (1: the flat form)
-DATASETS = tuple(NUM_CLASSES)
 AMP_MODES = ("auto", "bf16", "fp16", "none")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 STEMS = ("cifar", "imagenet")
@@ -202,6 +200,7 @@ class ModelConfig:
     dropout: float | None = option(None, "WRN dropout between the convs of a block", check=probability,
                                    default_text="0")
     input_size: int = option(32, "side of the square input images", check=positive_int, run=False)
+    in_channels: int = option(3, "channels of the input images", check=positive_int, run=False)
     attention: AttentionConfig = field(default_factory=AttentionConfig)
 
     def __post_init__(self) -> None:
@@ -219,7 +218,7 @@ class ModelConfig:
 class DataConfig:
     """Which images a run trains and evaluates on, and how they are prepared."""
 
-    dataset: str = option("cifar10", "dataset", choices=DATASETS)
+    dataset: str = option("cifar10", "dataset", choices=DATASETS)  # the registry: later entries count too
     augment: bool = option(True, "random flip, pad and crop of the training images", flag="--no-augment")
     normalize: str = option("standard", "standard: per-channel mean/std; seed: /255 minus the per-pixel mean "
                             "(the replication's)", choices=NORMALIZE_MODES)
@@ -317,8 +316,10 @@ class RunConfig:
         top = by_group.get("", {})
         object.__setattr__(self, "seed", top.get("seed", 0))
         object.__setattr__(self, "out", str(top.get("out", "runs/run")))
-        if self.arch.num_classes != NUM_CLASSES[self.data.dataset]:  # the dataset decides the classes
-            object.__setattr__(self, "arch", dataclasses.replace(self.arch, num_classes=NUM_CLASSES[self.dataset]))
+        entry = DATASETS[self.data.dataset]  # the dataset decides the classes and the input's size and channels
+        shape = {"num_classes": entry.num_classes, "input_size": entry.image_size, "in_channels": entry.channels}
+        if any(getattr(self.arch, name) != value for name, value in shape.items()):
+            object.__setattr__(self, "arch", dataclasses.replace(self.arch, **shape))
         validate(self)
 
     # ---------------------------------------------------------------------------------------- flat view
@@ -351,7 +352,7 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         """The ``config.json`` form: ``{"format": 2, "arch": {...}, "data": {...}, ...}``."""
         data = {"format": CONFIG_FORMAT, **dataclasses.asdict(self)}
-        del data["arch"]["num_classes"]  # decided by the dataset
+        del data["arch"]["num_classes"], data["arch"]["in_channels"]  # decided by the dataset
         data["arch"]["attention"]["placement"] = _jsonable(self.arch.attention.placement)
         return data
 

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from aacn.config import RunConfig
-from aacn.data.cifar import NUM_CLASSES
+from aacn.data.registry import dataset as dataset_entry
 from aacn.errors import UserError
 from aacn.train.rundir import RunDir, recorded_config
 
@@ -91,7 +91,7 @@ def load_trained(run_dir: str | os.PathLike, *, num_classes: int | None = None, 
 
     run = RunDir(run_dir)
     config = _run_config(run)
-    trained = NUM_CLASSES[config.dataset]
+    trained = dataset_entry(config.dataset).num_classes
     if num_classes is not None and num_classes != trained:
         raise UserError(f"num_classes={num_classes} does not match the run {run.path}, which was trained on "
                         f"{config.dataset} with {trained} classes; pass num_classes={trained} (or leave it out)")
@@ -104,7 +104,7 @@ def load_trained(run_dir: str | os.PathLike, *, num_classes: int | None = None, 
     if diffs:
         raise UserError(f"{path} was made with another config than {run.config_path} ({'; '.join(diffs)}); the "
                         "files come from different runs: restore them, or retrain")
-    model = build_model(config, trained)
+    model = build_model(config)
     try:
         model.load_state_dict(state["model"])
     except (RuntimeError, TypeError, ValueError, KeyError, AttributeError) as exc:
@@ -131,12 +131,12 @@ def evaluate_run(run_dir: str | os.PathLike, *, dataset: str | None = None, tta:
 
     The test images are normalised with the statistics of the run's own training split (same dataset,
     ``val_size``, ``split_seed`` and ``subset``) and evaluated at its ``eval_batch_size`` and precision.
-    ``dataset``: another dataset with the run's number of classes (default: the run's); ``tta``: also the
-    flip-TTA numbers, as ``test_acc_tta``, ``test_top5_tta`` and ``test_loss_tta``; ``data_dir``: where the
-    data is (default: the run's ``data_dir``).
+    ``dataset``: another registered dataset with the run's number of classes and image shape (default: the
+    run's); ``tta``: also the flip-TTA numbers, as ``test_acc_tta``, ``test_top5_tta`` and ``test_loss_tta``;
+    ``data_dir``: where the data is (default: the run's ``data_dir``).
     """
     from aacn.data.augment import Normalizer
-    from aacn.data.cifar import load_cifar
+    from aacn.data.registry import load_data
     from aacn.train import distributed
     from aacn.train.build import evaluation_loader
     from aacn.train.evaluate import evaluate
@@ -145,13 +145,15 @@ def evaluate_run(run_dir: str | os.PathLike, *, dataset: str | None = None, tta:
     run = RunDir(run_dir)
     config = _run_config(run)
     dataset = dataset or config.dataset
-    if dataset not in NUM_CLASSES:
-        raise UserError(f"unknown dataset {dataset!r}; choose one of {', '.join(NUM_CLASSES)}")
+    entry, trained = dataset_entry(dataset), dataset_entry(config.dataset)  # unknown: one line naming the known
+    if entry.image_shape != trained.image_shape:
+        raise UserError(f"{dataset} has images of shape {entry.image_shape}, but the run {run.path} was trained on "
+                        f"{config.dataset} images of shape {trained.image_shape}; choose a dataset of the same "
+                        "image shape")
     ctx = distributed.Context(device=device_now)
-    weights = load_trained(run.path, num_classes=NUM_CLASSES[dataset], device=ctx.device, partial=partial)
+    weights = load_trained(run.path, num_classes=entry.num_classes, device=ctx.device, partial=partial)
     model = weights.model
-    data = load_cifar(dataset, data_dir if data_dir is not None else config.data_dir, val_size=config.val_size,
-                      split_seed=config.split_seed, subset=config.subset, progress=False)
+    data = load_data(config, dataset_name=dataset, data_dir=data_dir, progress=False)
     normalizer = Normalizer(config.normalize, data.train.images).to(ctx.device)
     test = evaluation_loader(data.test, config, ctx, normalizer)
     amp = None if ctx.device.type == "cpu" and config.amp == "fp16" else distributed.autocast_dtype(config.amp,

@@ -15,7 +15,7 @@ import math
 import numbers
 import types
 import typing
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import field
 from typing import Any
 
@@ -80,7 +80,8 @@ def option(default: Any = None, help: str | Callable[[], str] = "", *, flat: str
             it when it is shown (for help that names values a lower layer cannot import when it is loaded).
         flat: the option's run-wide name when it differs from the field's (``impl`` -> ``attention_impl``).
         flag: the CLI flag when it is not ``--<flat-name-with-dashes>`` (``--no-augment`` for a true default).
-        choices: the allowed values.
+        choices: the allowed values; a mapping (a registry such as ``aacn.data.DATASETS``) is kept as it is, so
+            its keys are the values allowed when a value is checked, entries registered later included.
         check: returns what is wrong with a value, or None.
         neutral: the option cannot change a result (where files go, how fast it runs, what else is measured).
         sweep: ``aacn sweep --grid`` may vary it.
@@ -88,10 +89,16 @@ def option(default: Any = None, help: str | Callable[[], str] = "", *, flat: str
         run: it is an option of a :class:`RunConfig` (False: set by code, e.g. ``num_classes`` by the dataset).
         default_text: how help names a ``None`` default ("the recipe's").
     """
-    metadata = {"help": help, "flat": flat, "flag": flag, "choices": tuple(choices) if choices else None,
+    metadata = {"help": help, "flat": flat, "flag": flag, "choices": _choices(choices),
                 "check": check, "neutral": neutral, "sweep": sweep and run, "cli": cli and run, "run": run,
                 "default_text": default_text, "metavar": metavar}
     return field(default=default, metadata=metadata)
+
+
+def _choices(choices: Iterable[str] | None) -> Iterable[str] | None:
+    if not choices:
+        return None
+    return choices if isinstance(choices, Mapping) else tuple(choices)
 
 
 def validate(obj: Any) -> None:

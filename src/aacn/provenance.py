@@ -1,7 +1,7 @@
 """Where a result came from: the code, the software stack and the device, as one JSON-able dict.
 
 Every run record (``config.json`` and ``results.json``) holds :func:`environment`'s dict under
-``"provenance"``, beside the data's own provenance (``aacn.data.CifarData.provenance``), so a number can be
+``"provenance"``, beside the data's own provenance (``aacn.data.Splits.provenance``), so a number can be
 traced to the commit that produced it, the library versions and the hardware, and compared only with numbers
 made on the same data.
 

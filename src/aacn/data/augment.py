@@ -36,7 +36,7 @@ from aacn.data.normalize import NORMALIZE_MODES, Normalizer
 
 __all__ = ["NORMALIZE_MODES", "PAD", "AugmentPlan", "Normalizer", "PaddedImages", "augment"]
 
-PAD = 4  # zero padding of the random crop (32×32 → 40×40)
+PAD = 4  # the default zero padding of the random crop (CIFAR's 32×32 → 40×40); a dataset's entry may set its own
 
 
 @dataclass(frozen=True)

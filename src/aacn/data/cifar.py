@@ -12,13 +12,15 @@ Each loaded dataset carries its provenance: whether every file matches the offic
 SHA-256 fingerprint of each split (:mod:`aacn.data.integrity`).
 
 The official 50,000 training images are split by a fixed-seed permutation into ``train`` (45,000) and
-``val`` (5,000 by default); ``test`` is the official 10,000-image test set. Images are kept as uint8
-``(N, 3, 32, 32)`` tensors; normalisation and augmentation happen later, batched on the training device
-(see :mod:`aacn.data.augment` and :mod:`aacn.data.loader`).
+``val`` (5,000 by default); ``test`` is the official 10,000-image test set (:mod:`aacn.data.splits`). Images
+are kept as uint8 ``(N, 3, 32, 32)`` tensors; normalisation and augmentation happen later, batched on the training
+device (see :mod:`aacn.data.augment` and :mod:`aacn.data.loader`). Runs reach this module through the dataset
+registry (:mod:`aacn.data.registry`), which holds one entry per CIFAR variant.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tarfile
@@ -35,10 +37,11 @@ from tqdm import tqdm
 from aacn.data import integrity
 from aacn.data.integrity import file_md5
 from aacn.data.safe_pickle import load_pickle
+from aacn.data.splits import Split, Splits, first_images, split_train_val
 from aacn.errors import UserError
 
 BASE_URL = "https://www.cs.toronto.edu/~kriz/"
-NUM_CLASSES: dict[str, int] = {"cifar10": 10, "cifar100": 100}
+IMAGE_SHAPE = (3, 32, 32)  # every CIFAR image: (channels, height, width), stored as 3,072 bytes
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,7 @@ class ArchiveSpec:
     meta_file: str
     label_key: str  # "labels" (CIFAR-10) or "fine_labels" (CIFAR-100)
     names_key: str  # class-name list in the meta file
+    num_classes: int
 
     @property
     def expected_files(self) -> tuple[str, ...]:
@@ -69,6 +73,7 @@ ARCHIVES: dict[str, ArchiveSpec] = {
         meta_file="batches.meta",
         label_key="labels",
         names_key="label_names",
+        num_classes=10,
     ),
     "cifar100": ArchiveSpec(
         filename="cifar-100-python.tar.gz",
@@ -79,48 +84,9 @@ ARCHIVES: dict[str, ArchiveSpec] = {
         meta_file="meta",
         label_key="fine_labels",
         names_key="fine_label_names",
+        num_classes=100,
     ),
 }
-
-
-@dataclass(frozen=True)
-class Split:
-    """One part of a dataset: ``images`` uint8 ``(N, 3, 32, 32)`` (contiguous, CPU), ``labels`` int64."""
-
-    images: torch.Tensor
-    labels: torch.Tensor
-
-    def __post_init__(self) -> None:
-        if self.images.dtype != torch.uint8 or self.images.dim() != 4 or self.images.shape[1:] != (3, 32, 32):
-            raise ValueError(f"Split.images must be uint8 (N, 3, 32, 32), got {self.images.dtype} "
-                             f"{tuple(self.images.shape)}")
-        if self.labels.dtype != torch.int64 or self.labels.shape != (self.images.shape[0],):
-            raise ValueError(f"Split.labels must be int64 ({self.images.shape[0]},), got {self.labels.dtype} "
-                             f"{tuple(self.labels.shape)}")
-
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
-
-
-@dataclass(frozen=True)
-class CifarData:
-    """A loaded dataset: its name, class names, the three splits and their provenance.
-
-    ``provenance`` (JSON types only): ``{"label": "official" | "not official", "differing_files": [names of the
-    folder's files whose MD5 is not the official one], "fingerprint": {"train" | "val" | "test": SHA-256 hex of
-    the split's uint8 images then int64 labels}}`` (see :mod:`aacn.data.integrity`).
-    """
-
-    name: str
-    classes: list[str]
-    train: Split
-    val: Split
-    test: Split
-    provenance: dict
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
@@ -283,7 +249,7 @@ def _batch_images(path: Path, data: object, spec: ArchiveSpec) -> np.ndarray:
     """``data`` checked and returned as uint8 ``(n, 3072)`` with ``n >= 1``; integer arrays with all values in
     0..255 are converted losslessly, anything else is a UserError naming ``path``."""
     x = np.asarray(data) if isinstance(data, np.ndarray) else None
-    if x is None or x.ndim != 2 or x.shape[1] != 3 * 32 * 32:
+    if x is None or x.ndim != 2 or x.shape[1] != math.prod(IMAGE_SHAPE):
         what = f"an array of shape {x.shape}" if x is not None else f"a {type(data).__name__}"
         raise UserError(f"{path}: 'data' is {what}, expected uint8 images as an array of shape (n, 3072); "
                         f"{_replace_hint(spec)}")
@@ -334,7 +300,7 @@ def _read_batches(folder: Path, files: tuple[str, ...], spec: ArchiveSpec, num_c
         x = _batch_images(path, d["data"], spec)
         images.append(x)
         labels.append(_batch_labels(path, d[spec.label_key], x.shape[0], spec, num_classes))
-    x = np.concatenate(images).reshape(-1, 3, 32, 32)
+    x = np.concatenate(images).reshape(-1, *IMAGE_SHAPE)
     return Split(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.concatenate(labels)))
 
 
@@ -348,21 +314,9 @@ def _read_classes(folder: Path, spec: ArchiveSpec, num_classes: int) -> list[str
     return [str(_text(n)) for n in names]
 
 
-def split_train_val(full: Split, val_size: int, split_seed: int) -> tuple[Split, Split]:
-    """Split ``full`` by a permutation from ``torch.Generator().manual_seed(split_seed)``:
-    the first ``val_size`` permuted indices form ``val``, the rest ``train`` (both in permuted order)."""
-    n = len(full)
-    if not 0 <= val_size < n:
-        raise UserError(f"val_size={val_size} must be in [0, {n}) for a training set of {n} images")
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed))
-    val_idx, train_idx = perm[:val_size], perm[val_size:]
-    take = lambda idx: Split(full.images[idx].contiguous(), full.labels[idx].contiguous())  # noqa: E731
-    return take(train_idx), take(val_idx)
-
-
 def load_cifar(name: str, data_dir: str | os.PathLike | None = None, *, val_size: int = 5000,
                split_seed: int = 0, subset: int | None = None, download: bool = True,
-               progress: bool = True) -> CifarData:
+               progress: bool = True) -> Splits:
     """Load CIFAR-10 or CIFAR-100 (fine labels) as uint8 tensors, split into train/val/test.
 
     Args:
@@ -380,17 +334,14 @@ def load_cifar(name: str, data_dir: str | os.PathLike | None = None, *, val_size
     """
     if name not in ARCHIVES:
         raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(ARCHIVES)}")
-    spec, num_classes = ARCHIVES[name], NUM_CLASSES[name]
+    spec = ARCHIVES[name]
+    num_classes = spec.num_classes
     folder = prepare(name, resolve_data_dir(data_dir), download=download, progress=progress)
     full = _read_batches(folder, spec.train_files, spec, num_classes)
     test = _read_batches(folder, spec.test_files, spec, num_classes)
     classes = _read_classes(folder, spec, num_classes)
     train, val = split_train_val(full, val_size, split_seed)
-    if subset is not None:
-        if not 0 < subset <= len(train):
-            raise UserError(f"subset={subset} must be in [1, {len(train)}]: the train split of {name} holds "
-                            f"{len(train)} images once val_size={val_size} are held out")
-        train = Split(train.images[:subset].contiguous(), train.labels[:subset].contiguous())
+    train = first_images(train, subset, name, val_size)
     splits = {s: (part.images, part.labels) for s, part in (("train", train), ("val", val), ("test", test))}
     prov = integrity.provenance(folder, integrity.OFFICIAL_MD5[name], splits)
-    return CifarData(name=name, classes=classes, train=train, val=val, test=test, provenance=prov)
+    return Splits(name=name, classes=classes, train=train, val=val, test=test, provenance=prov)

@@ -22,8 +22,8 @@ import torch
 from torch import Tensor
 
 from aacn.data.augment import PAD, AugmentPlan, PaddedImages, augment
-from aacn.data.cifar import Split
 from aacn.data.normalize import Normalizer
+from aacn.data.splits import Split
 from aacn.errors import UserError
 
 
@@ -53,13 +53,14 @@ class DeviceLoader:
     """Batches of one split, produced on ``device``.
 
     Args:
-        split: images uint8 ``(N, 3, 32, 32)`` and labels; moved to ``device`` once, here.
+        split: images uint8 ``(N, C, H, W)`` and labels; moved to ``device`` once, here.
         batch_size: the global batch size (summed over ranks).
         device: where the data lives and batches are produced.
         normalizer: uint8 → float32 normalisation (moved to ``device``).
         train: shuffle (and optionally augment) per epoch and drop the last partial batch; else in order,
             no augmentation, last partial batch kept.
         augment: random flip + pad/crop (only with ``train``).
+        pad: zero padding of the random crop (the dataset's, :attr:`aacn.data.registry.Dataset.pad`).
         seed: seed of the per-epoch plan.
         rank, world_size: this process's slice of each global batch.
         channels_last: yield images in ``torch.channels_last`` memory format.
@@ -67,7 +68,7 @@ class DeviceLoader:
 
     def __init__(self, split: Split, batch_size: int, *, device: torch.device | str, normalizer: Normalizer,
                  train: bool, augment: bool = False, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 channels_last: bool = False) -> None:
+                 channels_last: bool = False, pad: int = PAD) -> None:
         n = len(split)
         if batch_size <= 0:
             raise UserError(f"batch_size={batch_size} must be positive")
@@ -87,11 +88,11 @@ class DeviceLoader:
         # With augmentation the split is kept only in the form augment() copies from (PaddedImages: uint8,
         # 3.1x the split's memory), so that each augmented batch is a single row copy.
         self.images: Tensor | None = None if self.augment else images
-        self.padded: PaddedImages | None = PaddedImages(images, PAD) if self.augment else None
+        self.padded: PaddedImages | None = PaddedImages(images, pad) if self.augment else None
         del images
         self.labels = split.labels.to(self.device)
         self.normalizer = normalizer.to(self.device)
-        self.batch_size = batch_size
+        self.batch_size, self.pad = batch_size, pad
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.local_batch = batch_size // world_size
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -112,14 +113,14 @@ class DeviceLoader:
         return x.contiguous(memory_format=self.memory_format), labels
 
     def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
-        """Yield this rank's ``(images float32 (b, 3, 32, 32), labels int64 (b,))`` for global batches
+        """Yield this rank's ``(images float32 (b, C, H, W), labels int64 (b,))`` for global batches
         ``start, start+1, …, len(self)-1`` of ``epoch`` (``epoch`` is ignored when not training)."""
         if not 0 <= start <= len(self):
             raise ValueError(f"start={start} must be in [0, {len(self)}] (batches per epoch)")
         return self._train_batches(epoch, start) if self.train else self._eval_batches(start)
 
     def _train_batches(self, epoch: int, start: int) -> Iterator[tuple[Tensor, Tensor]]:
-        perm, flips, offsets = epoch_plan(self.num_samples, self.seed, epoch, self.augment)
+        perm, flips, offsets = epoch_plan(self.num_samples, self.seed, epoch, self.augment, self.pad)
         # Keep only this rank's rows of the used batches: (batches, local batch, [index, flip, row, col]),
         # moved to the device in one copy per epoch.
         nb, b, r = len(self), self.batch_size, self.rank
@@ -131,7 +132,8 @@ class DeviceLoader:
         for k in range(start, nb):
             idx = plan[k, :, 0]
             if self.augment:
-                x = augment(self.padded, AugmentPlan(flips=plan[k, :, 1], offsets=plan[k, :, 2:], index=idx, pad=PAD))
+                choices = AugmentPlan(flips=plan[k, :, 1], offsets=plan[k, :, 2:], index=idx, pad=self.pad)
+                x = augment(self.padded, choices)
             else:
                 x = self.images.index_select(0, idx)
             yield self._finish(x, self.labels.index_select(0, idx))

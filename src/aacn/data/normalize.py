@@ -2,7 +2,7 @@
 
 Normalisation modes (:data:`NORMALIZE_MODES`):
 
-* ``"seed"`` — ``x / 255 - mean_image``, where ``mean_image`` is the per-pixel mean (3, 32, 32) of the
+* ``"seed"`` — ``x / 255 - mean_image``, where ``mean_image`` is the per-pixel mean (C, H, W) of the
   training split (what the replication did);
 * ``"standard"`` — per-channel ``(x / 255 - mean_c) / std_c`` with the training split's channel statistics.
 """

@@ -50,7 +50,8 @@ from typing import Any, Protocol
 
 import torch
 
-from aacn.data.cifar import CifarData, Split, load_cifar, resolve_data_dir
+from aacn.data.cifar import load_cifar, resolve_data_dir
+from aacn.data.splits import Split, Splits
 from aacn.errors import UserError
 from aacn.experiments.airbench_cpu import cpu_float32, import_airbench
 from aacn.files import atomic_write, check_output_dir, strict_json, write_json
@@ -114,7 +115,7 @@ def airbench_arrays(splits: Sequence[Split], classes: Sequence[str]) -> dict[str
             "classes": [str(c) for c in classes]}
 
 
-def write_airbench_data(data: CifarData, folder: str | os.PathLike) -> Path:
+def write_airbench_data(data: Splits, folder: str | os.PathLike) -> Path:
     """Write ``folder/cifar10/train.pt`` (train and val splits: every training image) and ``test.pt``.
 
     Returns ``folder/cifar10``, the path airbench's ``CifarLoader("cifar10")`` reads from inside ``folder``.
@@ -259,7 +260,7 @@ def default_out(anchor: str, seed: int) -> Path:
     return Path("runs") / "anchors" / f"{anchor}-seed{seed}"
 
 
-def anchor_config(anchor: str, data: CifarData, seed: int, airbench: str, data_dir: str | None,
+def anchor_config(anchor: str, data: Splits, seed: int, airbench: str, data_dir: str | None,
                   precision: str = "fp16") -> dict[str, Any]:
     """The ``config`` of an anchor record: what decides its result (``precision``: ``fp16`` on CUDA as
     published, ``fp32`` on the CPU), plus where the data came from."""

@@ -69,8 +69,8 @@ class Estimator:
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         model = model.to(memory_format=fmt)
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-        size = getattr(config.arch, "input_size", None) or 32
-        images = torch.randn(config.batch_size, 3, size, size, device=device).to(memory_format=fmt)
+        shape = (config.arch.in_channels, config.arch.input_size, config.arch.input_size)  # the dataset's images
+        images = torch.randn(config.batch_size, *shape, device=device).to(memory_format=fmt)
         labels = torch.randint(0, config.arch.num_classes, (config.batch_size,), device=device)
 
         def step() -> None:

@@ -102,7 +102,7 @@ def check_points(points: Sequence[RunConfig]) -> None:
     """
     import torch
 
-    from aacn.data.cifar import load_cifar
+    from aacn.data.registry import load_data
     from aacn.models.registry import create_model
     from aacn.train.recipes import RECIPES
 
@@ -128,8 +128,7 @@ def check_points(points: Sequence[RunConfig]) -> None:
             continue  # its data were checked when it trained
         split = (cfg.dataset, cfg.data_dir, cfg.val_size, cfg.split_seed)
         if split not in train_sizes:  # data problems are no point's own: they keep their own message
-            data = load_cifar(cfg.dataset, cfg.data_dir, val_size=cfg.val_size, split_seed=cfg.split_seed,
-                              progress=cfg.progress)
+            data = load_data(cfg, use_subset=False)
             train_sizes[split] = len(data.train)
             del data
         images = train_sizes[split]

@@ -12,7 +12,8 @@ use the same names as the CLI: ``attention`` for the placement, ``attention_impl
   :mod:`aacn.models.placement`).
 - ``relative``, ``num_heads``, ``kappa``, ``upsilon``, ``min_key_depth_per_head``, ``attention_impl``:
   passed to the attention-augmented convs (Nh, kappa, upsilon as in Bello et al. 2019).
-- ``input_size``: side of the square input (32 for CIFAR); fixes the grids of the relative embeddings.
+- ``input_size``: side of the square input (default 32; a run takes its dataset's); fixes the grids of the
+  relative embeddings. ``in_channels``: channels of the input (default 3; a run takes its dataset's).
 
 ResNet only: ``stem`` (``"cifar"`` | ``"imagenet"``). WRN only: ``dropout`` (probability in ``[0, 1)``).
 """
@@ -88,7 +89,7 @@ def _given(config: ModelConfig, names: tuple[str, ...]) -> dict[str, Any]:
 
 @register_model("resnet34", r"resnet34", family=ResNet.arch_family, extra_kwargs=("stem",))
 def _build_resnet34(match: re.Match[str], config: ModelConfig) -> nn.Module:
-    return resnet34(config.num_classes, input_size=config.input_size,
+    return resnet34(config.num_classes, input_size=config.input_size, in_channels=config.in_channels,
                     **_given(config, ("base_width", "stem")))
 
 
@@ -100,14 +101,14 @@ def _build_wrn(match: re.Match[str], config: ModelConfig) -> nn.Module:
             f"bad WRN name {match.group(0)!r}: expected wrn-D-K with D = 6*N+4 >= 10 (10, 16, 22, 28, 40, "
             f"...) and K >= 1, e.g. wrn-28-10"
         )
-    return wide_resnet(depth, widen, config.num_classes, input_size=config.input_size,
+    return wide_resnet(depth, widen, config.num_classes, input_size=config.input_size, in_channels=config.in_channels,
                        **_given(config, ("base_width", "dropout")))
 
 
 def model_config(name: str, num_classes: int = 10, **kwargs: Any) -> ModelConfig:
     """The :class:`ModelConfig` of ``create_model``'s keyword form (unknown keywords raise ``ValueError``)."""
     _lookup(name)
-    allowed = ("base_width", "input_size", *_FAMILY_KWARGS, *ATTENTION_KWARGS)
+    allowed = ("base_width", "input_size", "in_channels", *_FAMILY_KWARGS, *ATTENTION_KWARGS)
     unknown = sorted(set(kwargs) - set(allowed))
     if unknown:
         raise ValueError(f"unknown argument(s) {unknown} for model {name!r}; accepted: {sorted(allowed)}")

@@ -66,6 +66,7 @@ class ResNet(nn.Module):
         base_width: width of the first stage; stage ``s`` has ``base_width * 2**s`` channels.
         stem: ``"cifar"`` (3x3 stride-1 conv) or ``"imagenet"`` (7x7 stride-2 conv + 3x3 stride-2 max-pool).
         input_size: side of the (square) input image; only used to record each conv slot's input grid.
+        in_channels: channels of the input image (3 for RGB).
 
     Attributes:
         arch_family: ``"resnet"`` (selects the placement rules in :mod:`aacn.models.placement`).
@@ -83,16 +84,17 @@ class ResNet(nn.Module):
         base_width: int = 64,
         stem: str = "cifar",
         input_size: int = 32,
+        in_channels: int = 3,
     ) -> None:
         super().__init__()
         if stem not in RESNET_STEMS:
             raise ValueError(f"stem must be one of {list(RESNET_STEMS)}, got {stem!r}")
         res = input_size
         if stem == "cifar":
-            self.conv1 = nn.Conv2d(3, base_width, 3, stride=1, padding=1, bias=False)
+            self.conv1 = nn.Conv2d(in_channels, base_width, 3, stride=1, padding=1, bias=False)
             self.maxpool: nn.Module = nn.Identity()
         else:
-            self.conv1 = nn.Conv2d(3, base_width, 7, stride=2, padding=3, bias=False)
+            self.conv1 = nn.Conv2d(in_channels, base_width, 7, stride=2, padding=3, bias=False)
             self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
             res = conv_output_size(conv_output_size(res, 2), 2)
         self.bn1 = nn.BatchNorm2d(base_width)
@@ -110,7 +112,7 @@ class ResNet(nn.Module):
         init_weights(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Stem and residual stages: ``(B, 3, H, W) -> (B, 8 * base_width, H', W')``."""
+        """Stem and residual stages: ``(B, C, H, W) -> (B, 8 * base_width, H', W')``."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         for stage in range(1, self.num_stages + 1):
             x = getattr(self, f"layer{stage}")(x)
@@ -123,5 +125,5 @@ class ResNet(nn.Module):
 
 def resnet34(num_classes: int = 10, **kwargs: Any) -> ResNet:
     """ResNet-34: basic blocks ``[3, 4, 6, 3]``; ``kwargs`` as :class:`ResNet` takes them (``base_width``, ``stem``,
-    ``input_size``). 21,282,122 parameters with the cifar stem and 10 classes."""
+    ``input_size``, ``in_channels``). 21,282,122 parameters with the cifar stem and 10 classes."""
     return ResNet((3, 4, 6, 3), num_classes, **kwargs)

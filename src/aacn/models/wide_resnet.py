@@ -66,6 +66,7 @@ class WideResNet(nn.Module):
         base_width: stem width (16 in the paper); group ``g`` has ``base_width * K * 2**(g-1)`` channels.
         dropout: dropout probability inside every block.
         input_size: side of the (square) input image; only used to record each conv slot's input grid.
+        in_channels: channels of the input image (3 for RGB).
 
     Attributes:
         arch_family: ``"wrn"`` (selects the placement rules in :mod:`aacn.models.placement`).
@@ -84,6 +85,7 @@ class WideResNet(nn.Module):
         base_width: int = 16,
         dropout: float = 0.0,
         input_size: int = 32,
+        in_channels: int = 3,
     ) -> None:
         super().__init__()
         if depth < 10 or (depth - 4) % 6 != 0:
@@ -92,7 +94,7 @@ class WideResNet(nn.Module):
             raise ValueError(f"WRN widen factor K must be >= 1, got {widen_factor}")
         num_blocks = (depth - 4) // 6
         self.depth, self.widen_factor = depth, widen_factor
-        self.conv1 = nn.Conv2d(3, base_width, 3, stride=1, padding=1, bias=False)
+        self.conv1 = nn.Conv2d(in_channels, base_width, 3, stride=1, padding=1, bias=False)
 
         self.block_names: list[str] = []
         self.conv_slots: list[ConvSlot] = []
@@ -106,7 +108,7 @@ class WideResNet(nn.Module):
         init_weights(self, zero_linear_bias=True)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Stem, three groups and the final BN-ReLU: ``(B, 3, H, W) -> (B, 4 * K * base_width, H/4, W/4)``."""
+        """Stem, three groups and the final BN-ReLU: ``(B, C, H, W) -> (B, 4 * K * base_width, H/4, W/4)``."""
         x = self.conv1(x)
         x = self.block3(self.block2(self.block1(x)))
         return F.relu(self.bn(x))
@@ -117,6 +119,7 @@ class WideResNet(nn.Module):
 
 
 def wide_resnet(depth: int, widen_factor: int, num_classes: int = 10, **kwargs: Any) -> WideResNet:
-    """WRN-D-K; ``kwargs`` as :class:`WideResNet` takes them (``base_width``, ``dropout``, ``input_size``).
+    """WRN-D-K; ``kwargs`` as :class:`WideResNet` takes them (``base_width``, ``dropout``, ``input_size``,
+    ``in_channels``).
     WRN-28-10 has 36,479,194 parameters for 10 classes."""
     return WideResNet(depth, widen_factor, num_classes, **kwargs)

@@ -7,7 +7,6 @@ same way.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,8 +16,9 @@ from torch.nn.parallel import DistributedDataParallel
 
 from aacn.config import RunConfig
 from aacn.data.augment import Normalizer
-from aacn.data.cifar import CifarData, Split, load_cifar
 from aacn.data.loader import DeviceLoader
+from aacn.data.registry import dataset, load_data
+from aacn.data.splits import Split, Splits
 from aacn.errors import UserError
 from aacn.models.registry import create_model
 from aacn.nn.triton_attention import triton_unavailable_reason
@@ -29,9 +29,10 @@ from aacn.train.sync_bn import convert_sync_batchnorm
 from aacn.train.tensorboard import require_tensorboard
 
 
-def build_model(config: RunConfig, num_classes: int) -> nn.Module:
-    """The untrained model ``config`` describes, with ``num_classes`` outputs (on the CPU)."""
-    return create_model(dataclasses.replace(config.arch, num_classes=num_classes))
+def build_model(config: RunConfig) -> nn.Module:
+    """The untrained model ``config`` describes (on the CPU), sized for its dataset: the classifier's outputs and the
+    input's size and channels come from the dataset's registry entry (:class:`aacn.config.RunConfig` sets them)."""
+    return create_model(config.arch)
 
 
 def check_settings(config: RunConfig, ctx: distributed.Context) -> torch.dtype | None:
@@ -53,16 +54,13 @@ def check_settings(config: RunConfig, ctx: distributed.Context) -> torch.dtype |
     return amp_dtype
 
 
-def load_data(config: RunConfig, ctx: distributed.Context) -> CifarData:
-    """The run's splits; rank 0 loads (and downloads) first, the others then find the files in place."""
-    def load(progress: bool) -> CifarData:
-        return load_cifar(config.dataset, config.data_dir, val_size=config.val_size,
-                          split_seed=config.split_seed, subset=config.subset, progress=progress)
-
-    data = load(config.progress) if ctx.is_main else None
+def load_run_data(config: RunConfig, ctx: distributed.Context) -> Splits:
+    """The run's splits (:func:`aacn.data.registry.load_data`); rank 0 loads (and downloads) first, the others
+    then find the files in place."""
+    data = load_data(config) if ctx.is_main else None
     distributed.barrier(ctx)
     if data is None:
-        data = load(False)
+        data = load_data(config, progress=False)
     if config.batch_size > len(data.train):
         raise UserError(f"--batch-size {config.batch_size} is larger than the {len(data.train)} training images; "
                         "lower it or raise --subset")
@@ -110,11 +108,11 @@ def evaluation_loader(split: Split, config: RunConfig, ctx: distributed.Context,
                         channels_last=uses_channels_last(config, ctx.device))
 
 
-def build_loaders(data: CifarData, config: RunConfig, ctx: distributed.Context) -> Loaders:
+def build_loaders(data: Splits, config: RunConfig, ctx: distributed.Context) -> Loaders:
     normalizer = Normalizer(config.normalize, data.train.images).to(ctx.device)
     train = DeviceLoader(data.train, config.batch_size, device=ctx.device, normalizer=normalizer, train=True,
                          augment=config.augment, seed=config.seed, rank=ctx.rank, world_size=ctx.world_size,
-                         channels_last=uses_channels_last(config, ctx.device))
+                         channels_last=uses_channels_last(config, ctx.device), pad=dataset(data.name).pad)
     return Loaders(train, evaluation_loader(data.val, config, ctx, normalizer),
                    evaluation_loader(data.test, config, ctx, normalizer), normalizer, config, ctx)
 

@@ -66,8 +66,9 @@ def count_parameters(model: nn.Module) -> int:
 
 
 @torch.no_grad()
-def flops_per_image(model: nn.Module, image_shape: tuple[int, ...] = (3, 32, 32)) -> int:
-    """Forward FLOPs for one image, as counted by ``torch.utils.flop_counter`` (a multiply-add is 2 FLOPs)."""
+def flops_per_image(model: nn.Module, image_shape: tuple[int, ...]) -> int:
+    """Forward FLOPs for one image of ``image_shape`` ``(C, H, W)``, as counted by ``torch.utils.flop_counter``
+    (a multiply-add is 2 FLOPs)."""
     param = next(model.parameters())
     was_training = model.training
     model.eval()

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from aacn.config import RunConfig
-from aacn.data.cifar import CifarData
+from aacn.data.splits import Splits
 from aacn.errors import Terminated, UserError
 from aacn.files import check_output_dir
 from aacn.provenance import environment
@@ -38,7 +38,7 @@ from aacn.train.build import (
     build_loaders,
     build_model,
     check_settings,
-    load_data,
+    load_run_data,
     place_model,
     uses_channels_last,
 )
@@ -122,7 +122,7 @@ def _run(config: RunConfig, ctx: distributed.Context, *, resume: bool, overwrite
                   f"{start.run_dir.results_path}")
         return start.results
     amp_dtype = check_settings(config, ctx)
-    data = load_data(config, ctx)
+    data = load_run_data(config, ctx)
     if start.action == "resume":
         check_same_data(start.run_dir, start.recorded_data, _data_provenance(data), "its config.json records")
     session = _build(config, ctx, data, start, amp_dtype)
@@ -145,7 +145,7 @@ class _Session:
 
     config: RunConfig
     ctx: distributed.Context
-    data: CifarData
+    data: Splits
     start: Start
     learner: Learner
     loaders: Loaders
@@ -166,11 +166,11 @@ def _log(ctx: distributed.Context, *args: Any, **kwargs: Any) -> None:
         print(*args, **kwargs)
 
 
-def _build(config: RunConfig, ctx: distributed.Context, data: CifarData, start: Start,
+def _build(config: RunConfig, ctx: distributed.Context, data: Splits, start: Start,
            amp_dtype: torch.dtype | None) -> _Session:
     """Model (seeded by ``config.seed``), loaders and learner, and the facts ``config.json`` records."""
     torch.manual_seed(config.seed)
-    model = build_model(config, data.num_classes)
+    model = build_model(config)
     facts = {"params": count_parameters(model), "attention_layers": list(getattr(model, "attention_layers", []))}
     model = place_model(model, config, ctx)
     loaders = build_loaders(data, config, ctx)
@@ -214,7 +214,7 @@ def _write_start_records(s: _Session) -> None:
     distributed.barrier(s.ctx)
 
 
-def _data_provenance(data: CifarData) -> dict[str, Any] | None:
+def _data_provenance(data: Splits) -> dict[str, Any] | None:
     return getattr(data, "provenance", None)
 
 
@@ -327,8 +327,8 @@ def _finish(s: _Session) -> dict[str, Any]:
     if s.config.tta:
         evaluations["test_tta"] = evaluate(model, s.loaders.test, ctx, amp, tta=True)
     facts = {"model": s.config.model, "dataset": s.config.dataset, "epochs": s.config.epochs,
-             "params": s.info["params"], "flops_per_image": flops_per_image(model), "world_size": ctx.world_size,
-             "device": str(ctx.device), "attention_layers": s.info["attention_layers"],
+             "params": s.info["params"], "flops_per_image": flops_per_image(model, s.data.image_shape),
+             "world_size": ctx.world_size, "device": str(ctx.device), "attention_layers": s.info["attention_layers"],
              "config": s.config.to_dict(), "recipe": s.recipe, "provenance": s.provenance,
              "data": _data_provenance(s.data)}
     results = summarize(s.rows, evaluations, wall_time_s=time.perf_counter() - s.run_start, model_facts=facts)

@@ -10,8 +10,9 @@ cell per grid position, so a 4×4 grid shows 8×8 pixel blocks) and the query pi
 image conventions throughout: a pixel is given as ``x,y`` with ``x`` the column (left to right) and ``y`` the
 row (top to bottom), and panels are drawn with rows as y and columns as x.
 
-A query pixel ``(x, y)`` of the 32×32 image maps to the attention grid cell ``(row, col) = (y * gh // 32,
-x * gw // 32)`` for a ``gh × gw`` grid (the layer's input size, halved by its 2×2 pooling when it has stride 2).
+A query pixel ``(x, y)`` of the H×W image (32×32 on CIFAR) maps to the attention grid cell ``(row, col) =
+(y * gh // H, x * gw // W)`` for a ``gh × gw`` grid (the layer's input size, halved by its 2×2 pooling when it has
+stride 2).
 """
 
 from __future__ import annotations
@@ -42,8 +43,14 @@ __all__ = [
     "attention_maps_command",
 ]
 
-# Default query pixels (x, y): spread over the image and deliberately asymmetric, so a swapped axis shows.
+# Default query pixels (x, y) of a 32×32 image: spread over it and deliberately asymmetric, so a swapped axis
+# shows. Images of another size get them scaled (default_pixels).
 DEFAULT_PIXELS: tuple[tuple[int, int], ...] = ((6, 8), (24, 6), (16, 16), (9, 26))
+
+
+def default_pixels(height: int, width: int) -> list[tuple[int, int]]:
+    """:data:`DEFAULT_PIXELS` scaled from 32×32 to a ``height × width`` image (unchanged for 32×32)."""
+    return [(x * width // 32, y * height // 32) for x, y in DEFAULT_PIXELS]
 
 
 @dataclass
@@ -52,7 +59,7 @@ class AttentionMaps:
 
     Attributes:
         layer: the AA layer's module name.
-        image: the image, uint8 ``(H, W, 3)``.
+        image: the image, uint8 ``(H, W, C)`` (``(H, W)`` for one channel).
         image_index: its index in the test set; ``label`` its class name.
         pixels: query pixels as ``(x, y)`` image coordinates.
         queries: the same queries as ``(row, col)`` on the attention grid.
@@ -153,25 +160,26 @@ def compute_attention_maps(
     the valid ones), an image index out of range, a pixel outside the image or a run without checkpoints.
     """
     from aacn.data.augment import Normalizer
-    from aacn.data.cifar import load_cifar
+    from aacn.data.registry import dataset, load_data
 
     run = RunDir(run_dir)
     config, layers = _run_layers(run)
     layer = _check_layer(run, layers, layer)
-    pixels = _check_pixels(DEFAULT_PIXELS if pixels is None else pixels, 32, 32)
-    data = load_cifar(config.dataset, data_dir if data_dir is not None else config.data_dir,
-                      val_size=config.val_size, split_seed=config.split_seed, subset=config.subset)
+    _, height, width = dataset(config.dataset).image_shape
+    pixels = _check_pixels(default_pixels(height, width) if pixels is None else pixels, height, width)
+    data = load_data(config, data_dir=data_dir, progress=True)
     n_test = len(data.test)
     if not 0 <= image < n_test:
         raise UserError(f"--image {image} is out of range: the {config.dataset} test set has {n_test} images "
                         f"(0..{n_test - 1})")
-    model = load_model(run.path, num_classes=data.num_classes, partial=partial)
+    model = load_model(run.path, partial=partial)
     normalizer = Normalizer(config.normalize, data.train.images)
     img_u8 = data.test.images[image : image + 1]
     weights, queries = layer_attention(model, layer, normalizer(img_u8), pixels)
+    shown = img_u8[0].permute(1, 2, 0).numpy()  # (H, W, C) as images are drawn
     return AttentionMaps(
         layer=layer,
-        image=img_u8[0].permute(1, 2, 0).numpy(),
+        image=shown[..., 0] if shown.shape[-1] == 1 else shown,
         image_index=image,
         label=data.classes[int(data.test.labels[image])],
         pixels=pixels,
