@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import importlib.metadata
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -115,10 +116,12 @@ def test_experiment_presets_do_not_read_reports():
     assert not any(m.startswith(reports) for _, m, _ in _source_imports("aacn.experiments.presets"))
 
 
-def test_the_version_is_the_installed_distributions():
+def test_the_version_is_the_installed_distributions(tmp_path):
     assert aacn.__version__ == importlib.metadata.version("aacn")
-    # Not installed (no site-packages, so no metadata): a source tree still imports, with a version that says so.
-    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    # Not installed (no site-packages, no metadata): a source tree still imports, with a version that says so. The
+    # package is copied alone, because an editable install may leave aacn.egg-info beside it in src/.
+    shutil.copytree(SRC / "aacn", tmp_path / "aacn")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
     code = "import aacn, sys; print(aacn.__version__, 'torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, check=True, env=env)
     assert done.stdout.split() == ["0+unknown", "False"]
