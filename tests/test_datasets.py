@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-import aacn
 from aacn.cli import main
 from aacn.config import RunConfig
 from aacn.data import integrity
@@ -20,6 +19,7 @@ from aacn.data.loader import DeviceLoader, epoch_plan
 from aacn.data.registry import DATASETS, Dataset, load_data
 from aacn.data.splits import Split, Splits, first_images, split_train_val
 from aacn.errors import OptionError, UserError
+from aacn.inference import load_model
 from aacn.train import distributed
 from aacn.train.build import build_loaders, build_model
 
@@ -80,7 +80,7 @@ def test_a_registered_dataset_of_another_size_trains(tiny24_run):
     assert record["config"]["data"]["dataset"] == "tiny24"
     resolutions = {tuple(layer["resolution"]) for layer in record["info"]["attention_layers"]}
     assert max(resolutions) == (24, 24)  # the relative embeddings are sized for the dataset's images
-    model = aacn.load_model(tiny24_run)
+    model = load_model(tiny24_run)
     assert model.conv1.in_channels == 3 and model.fc.out_features == CLASSES
     assert model(_test_images(tiny24_run, 4)).shape == (4, CLASSES)
 
@@ -109,7 +109,7 @@ def test_a_registered_dataset_of_another_size_exports(tiny24_run, capsys):
     images = _test_images(tiny24_run, 3)
     loaded = torch.export.load(tiny24_run / "model.pt2").module()
     with torch.no_grad():
-        expected = aacn.load_model(tiny24_run)(images)
+        expected = load_model(tiny24_run)(images)
     torch.testing.assert_close(loaded(images), expected, rtol=1e-5, atol=1e-5)
 
 

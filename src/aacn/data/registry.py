@@ -4,9 +4,9 @@ a run's data is loaded (training, ``aacn evaluate``, attention maps, a sweep's c
 An entry says how to load the dataset and what its images are: the number of classes, the image shape
 ``(C, H, W)`` and the zero padding of the random-crop augmentation. The run's config takes the classifier's
 outputs and the network's input size and channels from its dataset's entry (so a model can be built, e.g. by
-``aacn.load_model`` or ``aacn export``, without loading any image), and :func:`load_data` refuses loaded splits
-that do not match their entry. The normalisation statistics are not part of an entry: they are computed from
-the loaded training split (:class:`aacn.data.normalize.Normalizer`), whatever its image size.
+``aacn.inference.load_model`` or ``aacn export``, without loading any image), and :func:`load_data` refuses
+loaded splits that do not match their entry. The normalisation statistics are not part of an entry: they are
+computed from the loaded training split (:class:`aacn.data.normalize.Normalizer`), whatever its image size.
 
 Adding a dataset is one entry::
 
