@@ -60,8 +60,9 @@ def tiny24_run(tiny24, tmp_path_factory) -> Path:
     """A finished 3-epoch run of a tiny AA-WRN (paper placement) on tiny24, trained through the CLI."""
     out = tmp_path_factory.mktemp("runs") / "tiny24"
     assert main(["train", "--dataset", tiny24, "--model", "wrn-10-1", "--base-width", "4", "--attention", "paper",
-                 "--num-heads", "2", "--min-key-depth-per-head", "2", "--epochs", "3", "--val-size", "50",
-                 "--batch-size", "50", "--lr", "0.05", "--device", "cpu", "--no-progress", "--out", str(out)]) == 0
+                 "--num-heads", "2", "--min-key-depth-per-head", "2", "--attention-impl", "chunked", "--epochs", "3",
+                 "--val-size", "50", "--batch-size", "50", "--lr", "0.05", "--device", "cpu", "--no-progress",
+                 "--out", str(out)]) == 0
     return out
 
 
@@ -127,12 +128,12 @@ def test_the_dataset_decides_the_models_inputs_and_outputs(monkeypatch):
         raise AssertionError("building a model must not load the data")
 
     monkeypatch.setitem(DATASETS, "gray20", Dataset(gray, num_classes=3, image_shape=(1, 20, 20)))
-    config = RunConfig(dataset="gray20", model="resnet34", model_kwargs={"base_width": 4, "attention": "seed",
-                                                                          "num_heads": 2, "min_key_depth_per_head": 2})
-    assert (config.arch.num_classes, config.arch.in_channels, config.arch.input_size) == (3, 1, 20)
-    assert build_model(config)(torch.zeros(2, 1, 20, 20)).shape == (2, 3)
-    restored = RunConfig.from_dict(config.to_dict())
-    assert restored == config and "in_channels" not in config.to_dict()["arch"]  # decided by the dataset
+    config = RunConfig(dataset="gray20", model="resnet34", base_width=4, attention="seed", num_heads=2,
+                       min_key_depth_per_head=2, attention_impl="chunked")
+    model = build_model(config)
+    assert model.conv1.in_channels == 1 and model(torch.zeros(2, 1, 20, 20)).shape == (2, 3)
+    assert {tuple(layer["resolution"]) for layer in model.attention_layers} == {(3, 3)}  # layer4: 20 -> 10 -> 5 -> 3
+    assert RunConfig.from_dict(config.to_dict()) == config  # config.json need not record what the dataset decides
     with pytest.raises(ValueError, match="square image_shape"):
         Dataset(gray, num_classes=3, image_shape=(1, 20, 16))
 
