@@ -41,51 +41,44 @@ inline Vectorized<T> vexp2(const Vectorized<T>& x) {
   return x.exp2();
 }
 
+constexpr double kLog2e = 1.4426950408889634, kLn2 = 0.6931471805599453;
+
 // 2^x for float vectors, after Cephes exp2f: n = round(x), f = x - n in [-1/2, 1/2], 2^f = 1 + f P(f) with a
 // degree-5 P (relative error about 2 ulp), times 2^n. Arguments below -125 (and -inf) give exactly 0 (clamped
 // first, so no subnormal is ever formed), NaN propagates. The kernel evaluates it only at arguments <= 0 up to
 // rounding (a base-2 logit minus its row max or log-sum-exp). Working in base 2 (log2(e) folded into the logits'
 // scale) saves the range reduction's multiply and its two-part ln 2; AVX-512's vscalefps applies 2^n in one step.
-#define AACN_EXP2_CONSTANTS                                                                      \
-  constexpr float kLo = -125.0f;                                                                 \
-  constexpr float kP0 = 1.535336188319500e-4f, kP1 = 1.339887440266574e-3f;                     \
-  constexpr float kP2 = 9.618437357674640e-3f, kP3 = 5.550332471162809e-2f;                     \
-  constexpr float kP4 = 2.402264791363012e-1f, kP5 = 6.931472028550421e-1f;
+constexpr float kExp2Lo = -125.0f;
+
+// 2^f for f in [-1/2, 1/2] (the polynomial shared by the instruction sets below).
+inline Vectorized<float> exp2_fraction(const Vectorized<float>& f) {
+  using V = Vectorized<float>;
+  V y = at::vec::fmadd(V(1.535336188319500e-4f), f, V(1.339887440266574e-3f));
+  y = at::vec::fmadd(y, f, V(9.618437357674640e-3f));
+  y = at::vec::fmadd(y, f, V(5.550332471162809e-2f));
+  y = at::vec::fmadd(y, f, V(2.402264791363012e-1f));
+  y = at::vec::fmadd(y, f, V(6.931472028550421e-1f));
+  return at::vec::fmadd(y, f, V(1.0f));
+}
 
 #if defined(CPU_CAPABILITY_AVX512)
 template <>
 inline Vectorized<float> vexp2(const Vectorized<float>& xv) {
-  AACN_EXP2_CONSTANTS
   const __m512 x = xv;
-  const __mmask16 keep = _mm512_cmp_ps_mask(x, _mm512_set1_ps(kLo), _CMP_NLT_UQ);  // x >= kLo or NaN
-  const __m512 xc = _mm512_max_ps(_mm512_set1_ps(kLo), x);                          // NaN stays NaN
+  const __mmask16 keep = _mm512_cmp_ps_mask(x, _mm512_set1_ps(kExp2Lo), _CMP_NLT_UQ);  // x >= kExp2Lo or NaN
+  const __m512 xc = _mm512_max_ps(_mm512_set1_ps(kExp2Lo), x);                          // NaN stays NaN
   const __m512 n = _mm512_roundscale_ps(xc, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m512 f = _mm512_sub_ps(xc, n);
-  __m512 y = _mm512_fmadd_ps(_mm512_set1_ps(kP0), f, _mm512_set1_ps(kP1));
-  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(kP2));
-  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(kP3));
-  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(kP4));
-  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(kP5));
-  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(1.0f));
-  return _mm512_maskz_scalef_ps(keep, y, n);
+  return _mm512_maskz_scalef_ps(keep, exp2_fraction(_mm512_sub_ps(xc, n)), n);
 }
 #elif defined(CPU_CAPABILITY_AVX2)
 template <>
 inline Vectorized<float> vexp2(const Vectorized<float>& xv) {
-  AACN_EXP2_CONSTANTS
   const __m256 x = xv;
-  const __m256 xc = _mm256_max_ps(_mm256_set1_ps(kLo), x);  // NaN stays NaN
+  const __m256 xc = _mm256_max_ps(_mm256_set1_ps(kExp2Lo), x);  // NaN stays NaN
   const __m256 n = _mm256_round_ps(xc, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m256 f = _mm256_sub_ps(xc, n);
-  __m256 y = _mm256_fmadd_ps(_mm256_set1_ps(kP0), f, _mm256_set1_ps(kP1));
-  y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(kP2));
-  y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(kP3));
-  y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(kP4));
-  y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(kP5));
-  y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(1.0f));
   const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  y = _mm256_mul_ps(y, _mm256_castsi256_ps(e));
-  return _mm256_blendv_ps(y, _mm256_setzero_ps(), _mm256_cmp_ps(x, _mm256_set1_ps(kLo), _CMP_LT_OQ));
+  const __m256 y = _mm256_mul_ps(exp2_fraction(_mm256_sub_ps(xc, n)), _mm256_castsi256_ps(e));
+  return _mm256_blendv_ps(y, _mm256_setzero_ps(), _mm256_cmp_ps(x, _mm256_set1_ps(kExp2Lo), _CMP_LT_OQ));
 }
 #endif
 
@@ -124,10 +117,9 @@ template <typename T>
 struct Kernel {
   using Vec = Vectorized<T>;
   static constexpr int64_t VL = Vec::size();
-  static constexpr T kLog2e = T(1.4426950408889634), kLn2 = T(0.6931471805599453);
-  static constexpr int64_t R = 4;
+  static constexpr int64_t R = 4;  // rows (queries or channels) blocked in registers
   // 512-bit vectors (32 registers): 16 accumulators per pass and one hsum16 for them
-  static constexpr bool kWide = VL * sizeof(T) == 64;  // rows (queries or channels) blocked in registers
+  static constexpr bool kWide = VL * sizeof(T) == 64;
 
   const T* q;
   const T* k;
@@ -335,7 +327,7 @@ struct Kernel {
           }
           const T l = hsum(lv);
           inv[iq] = T(1) / l;
-          lse[p * N + i0 + iq] = (m + std::log2(l)) * kLn2;  // natural units
+          lse[p * N + i0 + iq] = (m + std::log2(l)) * T(kLn2);  // natural units
         }
         dots(s, Npad, v + p * DV * N, N, DV, nq, N, inv, out + p * DV * N + i0, 1, N);
       }
@@ -363,7 +355,7 @@ struct Kernel {
           const int64_t nq = std::min(kBlock, N - i0);
           logits(p, i0, nq, pbuf, coef, rw_row);
           for (int64_t iq = 0; iq < nq; ++iq) {
-            const Vec lb(lse[p * N + i0 + iq] * kLog2e);
+            const Vec lb(lse[p * N + i0 + iq] * T(kLog2e));
             T* row = pbuf + iq * Npad;
             for (int64_t j = 0; j < Npad; j += VL) vexp2<T>(Vec::loadu(row + j) - lb).store(row + j);
             for (int64_t c = 0; c < DV; ++c) go[iq * DV + c] = gp[c * N + i0 + iq];
@@ -450,7 +442,7 @@ Kernel<T> make_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor
   kern.rh = rh.has_value() ? rh->data_ptr<T>() : nullptr;
   kern.rw = rw.has_value() ? rw->data_ptr<T>() : nullptr;
   kern.scale = static_cast<T>(scale);
-  kern.scale2 = static_cast<T>(scale * 1.4426950408889634);
+  kern.scale2 = static_cast<T>(scale * kLog2e);
   return kern;
 }
 

@@ -124,7 +124,7 @@ def _run(config: RunConfig, ctx: distributed.Context, *, resume: bool, overwrite
     amp_dtype = check_settings(config, ctx)
     data = load_run_data(config, ctx)
     if start.action == "resume":
-        check_same_data(start.run_dir, start.recorded_data, _data_provenance(data), "its config.json records")
+        check_same_data(start.run_dir, start.recorded_data, data.provenance, "its config.json records")
     session = _build(config, ctx, data, start, amp_dtype)
     position = _restore(session, start)
     _write_start_records(session)
@@ -199,7 +199,7 @@ def _restore(s: _Session, start: Start) -> Position:
     path, state = found
     check_same_config(s.run_dir, s.config, what="its checkpoint was made with", saved=state["config"],
                       recipe=state.get("recipe"))
-    check_same_data(s.run_dir, state.get("data"), _data_provenance(s.data), f"{path.name} was trained on")
+    check_same_data(s.run_dir, state.get("data"), s.data.provenance, f"{path.name} was trained on")
     position = restore(s.learner, state, s.ctx)
     s.rows = [r for r in s.run_dir.read_metrics() if r["epoch"] <= position.epoch]
     _log(s.ctx, f"resuming {s.run_dir.path} from {path.name} (epoch {position.epoch}, step {position.step})")
@@ -209,20 +209,16 @@ def _restore(s: _Session, start: Start) -> Position:
 def _write_start_records(s: _Session) -> None:
     if s.ctx.is_main:
         s.run_dir.write_config(s.config.to_dict(), s.info, recipe=s.recipe, provenance=s.provenance,
-                               data=_data_provenance(s.data))
+                               data=s.data.provenance)
         s.run_dir.write_metrics(s.rows)
     distributed.barrier(s.ctx)
-
-
-def _data_provenance(data: Splits) -> dict[str, Any] | None:
-    return getattr(data, "provenance", None)
 
 
 def _announce(s: _Session) -> None:
     c, d, info = s.config, s.data, s.info
     _log(s.ctx, f"{c.model} on {c.dataset} ({len(d.train)} train / {len(d.val)} val / {len(d.test)} test): "
                 f"{info['params']:,} parameters, {describe_attention(info['attention_layers'])}")
-    _log(s.ctx, f"data: {describe_data(_data_provenance(d))}")
+    _log(s.ctx, f"data: {describe_data(d.provenance)}")
     overrides = depth_overrides(info["attention_layers"], c.kappa, c.upsilon)
     if overrides:
         _log(s.ctx, overrides)
@@ -234,7 +230,7 @@ def _announce(s: _Session) -> None:
 def _save(s: _Session, epoch: int, step: int, sums: list[float] | None) -> None:
     if s.ctx.is_main:
         state = training_state(s.learner, s.config, epoch=epoch, step=step, sums=sums,
-                               elapsed=time.perf_counter() - s.run_start, data=_data_provenance(s.data),
+                               elapsed=time.perf_counter() - s.run_start, data=s.data.provenance,
                                recipe=s.recipe)
         s.run_dir.save_checkpoint(state, epoch, step, keep=s.config.checkpoint_keep)
 
@@ -330,7 +326,7 @@ def _finish(s: _Session) -> dict[str, Any]:
              "params": s.info["params"], "flops_per_image": flops_per_image(model, s.data.image_shape),
              "world_size": ctx.world_size, "device": str(ctx.device), "attention_layers": s.info["attention_layers"],
              "config": s.config.to_dict(), "recipe": s.recipe, "provenance": s.provenance,
-             "data": _data_provenance(s.data)}
+             "data": s.data.provenance}
     results = summarize(s.rows, evaluations, wall_time_s=time.perf_counter() - s.run_start, model_facts=facts)
     if ctx.is_main:
         s.run_dir.write_results(results)
