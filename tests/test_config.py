@@ -18,9 +18,9 @@ from aacn.config import (
     RESULT_NEUTRAL,
     SWEEP_KEYS,
     RunConfig,
-    config_from_args,
 )
 from aacn.errors import OptionError, UserError
+from aacn.flags import config_from_args
 from aacn.models import ModelConfig, create_model
 
 FLAT_NAMES = [
