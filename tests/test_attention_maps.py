@@ -20,10 +20,9 @@ def _write_run(path, data_dir, attention) -> tuple[RunConfig, torch.nn.Module]:
     """A finished run's directory: config, the final checkpoint of a randomly initialised model (no training)
     and results."""
     cfg = RunConfig(model="wrn-10-1", epochs=1, data_dir=str(data_dir), subset=100, val_size=50, out=str(path),
-                    model_kwargs={"base_width": 4, "attention": attention, "num_heads": 2,
-                                  "min_key_depth_per_head": 2})
+                    base_width=4, attention=attention, num_heads=2, min_key_depth_per_head=2)
     torch.manual_seed(0)
-    model = create_model(cfg.model, 10, **cfg.model_kwargs).eval()
+    model = create_model(cfg.arch).eval()
     run = RunDir(path)
     run.write_config(cfg.to_dict(), {"params": 0, "attention_layers": model.attention_layers})
     run.save_checkpoint({"model": model.state_dict(), "epoch": 1, "step": 0, "config": cfg.to_dict()}, 1)
@@ -99,7 +98,7 @@ def test_negative_pixel_is_read_as_a_pixel_and_refused(tmp_path, tiny_cifar10, c
 
 def test_bad_out_is_refused_before_any_work(tmp_path, capsys):
     run = tmp_path / "run"  # a config only: computing the maps would fail on the missing data folder
-    RunDir(run).write_config(RunConfig(data_dir=str(tmp_path / "nodata"), model_kwargs={"attention": "seed"}).to_dict(),
+    RunDir(run).write_config(RunConfig(data_dir=str(tmp_path / "nodata"), attention="seed").to_dict(),
                              {"attention_layers": [{"name": "layer3.0.conv1", "resolution": [8, 8]}]})
     afile = tmp_path / "file.png"
     afile.write_bytes(b"x")

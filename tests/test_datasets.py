@@ -78,7 +78,7 @@ def test_a_registered_dataset_of_another_size_trains(tiny24_run):
     rows = [json.loads(line) for line in (tiny24_run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3] and rows[-1]["train_loss"] < rows[0]["train_loss"]
     record = json.loads((tiny24_run / "config.json").read_text())
-    assert record["config"]["data"]["dataset"] == "tiny24"
+    assert record["config"]["dataset"] == "tiny24"
     resolutions = {tuple(layer["resolution"]) for layer in record["info"]["attention_layers"]}
     assert max(resolutions) == (24, 24)  # the relative embeddings are sized for the dataset's images
     model = load_model(tiny24_run)

@@ -158,7 +158,7 @@ def single_run(tiny_cifar10, tmp_path_factory):
     try:
         run(RunConfig(model="wrn-10-1", epochs=EPOCHS, subset=400, val_size=100, batch_size=50, lr=0.1,
                       data_dir=str(tiny_cifar10), out=str(out), device="cpu", progress=False,
-                      model_kwargs={"base_width": 8}))
+                      base_width=8))
     finally:
         torch.set_num_threads(threads)
     return out

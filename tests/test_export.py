@@ -82,8 +82,7 @@ def aa_run(tiny_cifar10, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "aa"
     run(RunConfig(model="wrn-10-1", epochs=1, subset=100, val_size=100, batch_size=50, lr=0.05,
                   data_dir=str(tiny_cifar10), out=str(out), device="cpu", progress=False,
-                  model_kwargs={"base_width": 4, "attention": "paper", "num_heads": 2,
-                                "min_key_depth_per_head": 2}))
+                  base_width=4, attention="paper", num_heads=2, min_key_depth_per_head=2))
     return out
 
 

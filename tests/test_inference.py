@@ -23,7 +23,7 @@ def tiny_run(tiny_cifar10, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "run"
     run(RunConfig(model="resnet34", epochs=1, subset=100, val_size=100, batch_size=50, lr=0.05, tta=True,
                   data_dir=str(tiny_cifar10), out=str(out), device="cpu", progress=False,
-                  model_kwargs={"base_width": 4}))
+                  base_width=4))
     return out
 
 

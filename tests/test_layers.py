@@ -18,7 +18,8 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # Layers, lowest first: a module may import from its own layer and those below, never from one above.
 LAYERS = {
     "aacn": 0, "aacn.errors": 0, "aacn.files": 0,
-    "aacn.options": 1, "aacn.config": 1, "aacn.nn": 1, "aacn.models": 1, "aacn.data": 1, "aacn.provenance": 1,
+    "aacn.options": 1, "aacn.config": 1, "aacn.flags": 1, "aacn.nn": 1, "aacn.models": 1, "aacn.data": 1,
+    "aacn.provenance": 1,
     "aacn.train": 2,
     "aacn.inference": 3, "aacn.export": 3,
     "aacn.viz": 4,

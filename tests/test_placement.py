@@ -7,10 +7,11 @@ import torch
 from torch import nn
 
 from aacn.cli import main
-from aacn.config import AttentionConfig, RunConfig
+from aacn.config import RunConfig
 from aacn.errors import OptionError
 from aacn.experiments.presets import TABLE2_PLACEMENTS
 from aacn.models import PLACEMENTS, Rule, apply_attention, attention_depths, create_model, resolve_placement
+from aacn.models.config import ModelConfig
 
 PAPER_RESNET34 = [f"layer{s}.{i}.conv1" for s, n in ((2, 4), (3, 6), (4, 3)) for i in range(n)]
 PAPER_WRN28 = [f"block{g}.{i}.conv1" for g in (1, 2, 3) for i in range(4)]
@@ -257,10 +258,10 @@ def test_adding_a_placement_is_one_entry_of_the_table(monkeypatch, capsys) -> No
                                                                      "layer4.2.conv1"]
     wrn = create_model("wrn-16-1", attention="late", **TINY)
     assert [layer["name"] for layer in wrn.attention_layers] == ["block3.0.conv1", "block3.1.conv1"]
-    assert RunConfig(attention="late").arch.attention.enabled
+    assert RunConfig(attention="late").arch.attention == "late"
     # the checks, their messages and the CLI's help name it
     with pytest.raises(OptionError, match="must be 'none', 'seed', 'paper', 'late' or a list of block names"):
-        AttentionConfig(placement=3)
+        ModelConfig(attention=3)
     with pytest.raises(ValueError, match="unknown placement or block 'lat': use 'none', 'seed', 'paper', 'late',"):
         create_model("resnet34", base_width=2, attention="lat")
     with pytest.raises(SystemExit):

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from cifar_files import write_cifar10
+from test_config import as_format2
 from test_report import write_run
 
 from aacn.cli import main
@@ -64,7 +65,7 @@ def test_a_finished_run_without_its_config_is_not_reused(tiny_cifar10, copy, cap
 
 
 def test_a_hand_edited_config_is_refused_naming_the_field(tiny_cifar10, copy, capsys):
-    edit(copy / "config.json", lambda r: r["config"]["optim"].update(epochs=3))
+    edit(copy / "config.json", lambda r: r["config"].update(epochs=3))
     assert main(tiny(tiny_cifar10, copy, "--resume", epochs=3)) == 2
     err = one_error_line(capsys)
     assert "disagree" in err and "epochs" in err and "results.json" in err
@@ -72,12 +73,19 @@ def test_a_hand_edited_config_is_refused_naming_the_field(tiny_cifar10, copy, ca
     assert "epochs" in one_error_line(capsys)
 
 
+def _format2(r):
+    r["config"] = as_format2(r["config"])
+
+
 @pytest.mark.parametrize("change, field", [
     (lambda r: r.update(config={}), "config.model"),  # no format: the flat form
-    (lambda r: r["config"].pop("arch"), "config.arch"),
-    (lambda r: r["config"]["optim"].pop("epochs"), "config.optim.epochs"),
-    (lambda r: r["config"]["arch"].update(attention="x"), "config.arch.attention"),
-    (lambda r: r["config"]["optim"].update(epochs="2"), "config.optim.epochs"),
+    (lambda r: r["config"].pop("model"), "config.model"),
+    (lambda r: r["config"].pop("epochs"), "config.epochs"),
+    (lambda r: r["config"].update(epochs="2"), "config.epochs"),
+    (lambda r: (_format2(r), r["config"].pop("arch")), "config.arch"),  # format 2: nested objects
+    (lambda r: (_format2(r), r["config"]["optim"].pop("epochs")), "config.optim.epochs"),
+    (lambda r: (_format2(r), r["config"]["arch"].update(attention="x")), "config.arch.attention"),
+    (lambda r: (_format2(r), r["config"]["optim"].update(epochs="2")), "config.optim.epochs"),
 ])
 def test_an_incomplete_or_mistyped_config_is_refused_not_filled_with_defaults(copy, tmp_path, capsys, change,
                                                                               field):
@@ -182,7 +190,7 @@ def test_an_unfinished_run_needs_partial_and_says_so(copy, capsys):
 
 
 def test_a_config_of_another_model_is_one_line(copy, capsys):
-    edit(copy / "config.json", lambda r: r["config"]["arch"].update(name="resnet34"))
+    edit(copy / "config.json", lambda r: r["config"].update(model="resnet34"))
     (copy / "results.json").unlink()  # so that only the checkpoint disagrees
     assert main(["evaluate", str(copy), "--device", "cpu", "--partial"]) == 2
     assert "made with another config" in one_error_line(capsys)

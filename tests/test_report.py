@@ -77,8 +77,8 @@ def test_default_out_is_common_parent_and_cifar100_adds_top5(tmp_path):
 
 def test_same_label_rows_are_told_apart_by_their_differences(tmp_path):
     kw = {"attention": "seed", "num_heads": 2}
-    a = write_run(tmp_path / "a", model_kwargs={**kw, "kappa": 0.1})
-    b = write_run(tmp_path / "b", model_kwargs={**kw, "kappa": 0.2})
+    a = write_run(tmp_path / "a", **kw, kappa=0.1)
+    b = write_run(tmp_path / "b", **kw, kappa=0.2)
     labels = [r.label for r in report([a, b], tmp_path).rows]
     assert labels == ["AA-ResNet-34 [kappa=0.1]", "AA-ResNet-34 [kappa=0.2]"]
 

@@ -61,12 +61,12 @@ def test_metrics_survive_a_torn_last_line(tmp_path):
 
 
 def test_config_round_trip_and_differences(tmp_path):
-    a = RunConfig(model="wrn-16-4", epochs=3, model_kwargs={"base_width": 4})
+    a = RunConfig(model="wrn-16-4", epochs=3, base_width=4)
     run = RunDir(tmp_path)
     run.write_config(a.to_dict(), {"params": 1})
     b = RunConfig.load(run.config_path)
     assert b == a and a.differences(b) == []
-    c = RunConfig(model="wrn-16-4", epochs=3, model_kwargs={"base_width": 8}, out="elsewhere", device="cpu")
+    c = RunConfig(model="wrn-16-4", epochs=3, base_width=8, out="elsewhere", device="cpu")
     assert a.differences(c) == ["base_width: 4 != 8"]
 
 
@@ -77,4 +77,4 @@ def test_config_round_trip_and_differences(tmp_path):
 )
 def test_config_validation_names_the_problem(field, value, message):
     with pytest.raises(UserError, match=message):
-        RunConfig(**{field: value}).validate()
+        RunConfig(**{field: value})

@@ -39,7 +39,7 @@ def test_parse_grid_errors_name_the_problem(items, words):
 
 
 def test_points_are_the_product_with_their_own_folders(tmp_path):
-    base = RunConfig(model="wrn-10-1", model_kwargs={"attention": "seed", "base_width": 4})
+    base = RunConfig(model="wrn-10-1", attention="seed", base_width=4)
     points = grid_points(base, parse_grid(["num_heads=1,2", "epochs=1,2,3"]), tmp_path)
     assert len(points) == 6
     assert len({p.out for p in points}) == 6

@@ -39,7 +39,7 @@ def test_a_run_writes_per_step_and_per_epoch_scalars(tiny_cifar10, tmp_path, cap
         logged = events.Scalars(f"epoch/{key}")
         assert [e.step for e in logged] == [1, 2]
         assert [e.value for e in logged] == pytest.approx([r[key] for r in rows], rel=1e-6)
-    assert json.loads((out / "config.json").read_text())["config"]["system"]["tensorboard"] is True
+    assert json.loads((out / "config.json").read_text())["config"]["tensorboard"] is True
     capsys.readouterr()
     assert main(tiny_args(tiny_cifar10, out, "--resume", epochs=2)) == 0  # result-neutral: the same run
     assert "already finished" in capsys.readouterr().out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_config import as_format2
 
 import aacn
 from aacn.cli import main
@@ -36,7 +38,7 @@ def tiny_args(data: Path, out: Path, *extra: str, epochs: int = 3) -> list[str]:
 
 def tiny_config(data: Path, out: Path, **kw) -> RunConfig:
     base = dict(model="resnet34", epochs=3, subset=400, val_size=100, batch_size=50, lr=0.05, data_dir=str(data),
-                out=str(out), device="cpu", progress=False, model_kwargs={"base_width": 4})
+                out=str(out), device="cpu", progress=False, base_width=4)
     return RunConfig(**{**base, **kw})
 
 
@@ -81,7 +83,7 @@ def test_train_writes_the_records(tiny_cifar10, tmp_path, capsys):
     state = torch.load(sorted((out / "checkpoints").iterdir())[-1], weights_only=True)
     model.load_state_dict(state["model"])  # a plain state dict, loadable with weights_only=True
     saved = strict_load(out / "config.json")
-    assert saved["config"]["arch"]["base_width"] == 4 and saved["info"]["global_batch_size"] == 50
+    assert saved["config"]["base_width"] == 4 and saved["info"]["global_batch_size"] == 50
     assert len(list((out / "checkpoints").iterdir())) == 2  # the newest two are kept
 
     # provenance: the code, the software stack, the device and the run's settings, in both records
@@ -124,8 +126,21 @@ def test_train_one_epoch_overfits_a_fixed_batch(tiny_cifar10):
     assert losses[-1] < losses[0] / 10, losses
 
 
+def as_format2_records(out: Path) -> None:
+    """Rewrite the configs of a run's records as aacn wrote them in format 2 (config.json, results.json,
+    checkpoints)."""
+    for path in (out / "config.json", out / "results.json"):
+        if path.exists():
+            record = json.loads(path.read_text())
+            path.write_text(json.dumps({**record, "config": as_format2(record["config"])}))
+    for path in (out / "checkpoints").iterdir():
+        state = torch.load(path, weights_only=True)
+        torch.save({**state, "config": as_format2(state["config"])}, path)
+
+
+@pytest.mark.parametrize("recorded_as", ["format 3", "format 2"])
 def test_ctrl_c_mid_epoch_then_resume_matches_an_uninterrupted_run(tiny_cifar10, tmp_path, uninterrupted,
-                                                                    monkeypatch, capsys):
+                                                                    monkeypatch, capsys, recorded_as):
     out = tmp_path / "interrupted"
     original = DeviceLoader.batches
 
@@ -142,6 +157,9 @@ def test_ctrl_c_mid_epoch_then_resume_matches_an_uninterrupted_run(tiny_cifar10,
     assert "continue with the same command plus --resume" in capsys.readouterr().err
     assert (out / "checkpoints" / "epoch-0001-step-000004.pt").is_file()
     assert not (out / "results.json").exists()
+    if recorded_as == "format 2":  # a run interrupted before config.json had format 3 continues the same
+        as_format2_records(out)
+        assert json.loads((out / "config.json").read_text())["config"]["format"] == 2
 
     resumed = run(tiny_config(tiny_cifar10, out), resume=True)
     expected = json.loads((uninterrupted / "results.json").read_text())
@@ -268,6 +286,18 @@ def test_resume_of_a_finished_run_with_the_same_config_says_so(tiny_cifar10, uni
     assert (uninterrupted / "results.json").read_bytes() == before
 
 
+def test_a_finished_run_recorded_in_format_2_is_recognised_or_refused(tiny_cifar10, uninterrupted, tmp_path,
+                                                                       capsys):
+    out = tmp_path / "format2"
+    shutil.copytree(uninterrupted, out)
+    as_format2_records(out)
+    assert main(tiny_args(tiny_cifar10, out, "--resume", "--attention-impl", "sdpa")) == 0
+    assert "already finished" in capsys.readouterr().out
+    assert main(tiny_args(tiny_cifar10, out, "--resume", "--kappa", "0.25", epochs=4)) == 2
+    assert "kappa: 0.2 != 0.25" in capsys.readouterr().err
+    assert json.loads((out / "config.json").read_text())["config"]["format"] == 2  # left as it was
+
+
 def test_resume_of_a_finished_run_with_another_config_is_refused(tiny_cifar10, uninterrupted, capsys):
     before = (uninterrupted / "results.json").read_bytes()
     assert main(tiny_args(tiny_cifar10, uninterrupted, "--resume", "--model", "wrn-10-1", epochs=4)) == 2
@@ -286,7 +316,7 @@ def test_resume_without_a_checkpoint_still_compares_the_config(tiny_cifar10, tmp
     assert main(tiny_args(tiny_cifar10, out, "--resume", "--model", "wrn-10-1", epochs=1)) == 2
     err = capsys.readouterr().err
     assert "different config" in err and "model: 'resnet34' != 'wrn-10-1'" in err
-    assert strict_load(out / "config.json")["config"]["arch"]["name"] == "resnet34"  # the old run's record is intact
+    assert strict_load(out / "config.json")["config"]["model"] == "resnet34"  # the old run's record is intact
 
 
 # ------------------------------------------------------------------------------ comparable with the literature

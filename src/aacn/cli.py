@@ -36,7 +36,7 @@ def default_out(config: RunConfig) -> str:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from aacn.config import config_from_args
+    from aacn.flags import config_from_args
     from aacn.train.loop import run
 
     if args.resume and args.overwrite:
@@ -163,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(exc, "all_ranks", False) and os.environ.get("RANK", "0") != "0":
             return 2  # the same error on every rank: rank 0 says it once
         message = " ".join(str(exc).split())
-        from aacn.config import OPTIONS, flag_of
+        from aacn.config import OPTIONS
+        from aacn.flags import flag_of
 
         if isinstance(exc, OptionError) and exc.option in OPTIONS and message.startswith(exc.option + " "):
             message = flag_of(exc.option) + message[len(exc.option):]  # library errors name options; we say flags

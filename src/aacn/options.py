@@ -1,9 +1,9 @@
-"""How a configuration option is declared and checked: :func:`option` field metadata, and :func:`validate`.
+"""How a configuration option is declared and checked: :func:`option` field metadata, :class:`Option`, :func:`validate`.
 
 An option is a dataclass field made with :func:`option`: its default, help text, CLI flag, allowed values, check
-and whether it can change a result sit in one place. :func:`validate` (called from a config's
-``__post_init__``) checks every option field by its type annotation and metadata, normalises it (ints to floats
-for float options, lists or comma-separated strings to tuples of names) and raises
+and whether it can change a result sit in one place. :func:`options_of` lists a config class's options with the
+kind of value its annotation allows; :func:`validate` (called from ``__post_init__``) checks and normalises them
+(ints to floats for float options, lists or comma-separated strings to tuples of names) and raises
 :class:`aacn.errors.OptionError` naming the option. :mod:`aacn.config` declares the options of a run.
 """
 
@@ -16,17 +16,16 @@ import numbers
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import field
 from typing import Any
 
 from aacn.errors import OptionError
 
-__all__ = ["at_most", "option", "validate", "problem", "kind_of", "type_hints", "names_value", "is_int", "is_real",
+__all__ = ["Option", "option", "options_of", "validate", "names_value", "at_most", "is_int", "is_real",
            "positive_int", "non_negative_int", "positive_number", "non_negative_number", "probability"]
 
+Check = Callable[[Any], "str | None"]  # what is wrong with a value ("must be ..."), or None; the caller names it
 
-# ------------------------------------------------------------------------------------------------ checks
-# A check returns what is wrong with a value ("must be ...") or None; the caller names the option.
+
 def is_int(value: object) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
@@ -35,126 +34,125 @@ def is_real(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def positive_int(value: Any) -> str | None:
-    return None if is_int(value) and value > 0 else "must be a positive integer"
+def _check(test: Callable[[Any], bool], wrong: str) -> Check:
+    return lambda value: None if test(value) else wrong
 
 
-def non_negative_int(value: Any) -> str | None:
-    return None if is_int(value) and value >= 0 else "must be an integer >= 0"
+positive_int = _check(lambda v: is_int(v) and v > 0, "must be a positive integer")
+non_negative_int = _check(lambda v: is_int(v) and v >= 0, "must be an integer >= 0")
+positive_number = _check(lambda v: is_real(v) and math.isfinite(v) and v > 0, "must be a positive number")
+non_negative_number = _check(lambda v: is_real(v) and math.isfinite(v) and v >= 0, "must be a number >= 0")
+probability = _check(lambda v: is_real(v) and 0 <= v < 1, "must be a probability in [0, 1)")
 
 
-def positive_number(value: Any) -> str | None:
-    return None if is_real(value) and math.isfinite(value) and value > 0 else "must be a positive number"
-
-
-def non_negative_number(value: Any) -> str | None:
-    return None if is_real(value) and math.isfinite(value) and value >= 0 else "must be a number >= 0"
-
-
-def probability(value: Any) -> str | None:
-    return None if is_real(value) and 0 <= value < 1 else "must be a probability in [0, 1)"
-
-
-# ------------------------------------------------------------------------------------------ declarations
-def at_most(check: Callable[[Any], str | None], limit: float) -> Callable[[Any], str | None]:
+def at_most(check: Check, limit: float) -> Check:
     """``check``, and no more than ``limit``: beyond any sane run, such values only exhaust memory or overflow."""
-    def bounded(value: Any) -> str | None:
-        wrong = check(value)
-        if wrong:
-            return wrong
-        return None if value <= limit else f"must be at most {limit:,} (a sane limit)"
-
-    bounded.__name__ = f"{getattr(check, '__name__', 'check')}_at_most"
-    return bounded
+    return lambda value: check(value) or (None if value <= limit else f"must be at most {limit:,} (a sane limit)")
 
 
-def option(default: Any = None, help: str | Callable[[], str] = "", *, flat: str | None = None, flag: str | None = None,
-           choices: Iterable[str] | None = None, check: Callable[[Any], str | None] | None = None,
-           neutral: bool = False, sweep: bool = True, cli: bool = True, run: bool = True,
-           default_text: str | None = None, metavar: str | None = None) -> Any:
+def option(default: Any = None, help: str | Callable[[], str] = "", *, group: str | None = None,
+           flag: str | None = None, choices: Iterable[str] | None = None, check: Check | None = None,
+           neutral: bool = False, sweep: bool = True, cli: bool = True, default_text: str | None = None,
+           metavar: str | None = None) -> Any:
     """A config field with everything about the option in one place.
 
-    Args:
-        default: the value when the option is not given.
-        help: what the option does (the CLI help; the default is appended to it), or a function that returns
-            it when it is shown (for help that names values a lower layer cannot import when it is loaded).
-        flat: the option's run-wide name when it differs from the field's (``impl`` -> ``attention_impl``).
-        flag: the CLI flag when it is not ``--<flat-name-with-dashes>`` (``--no-augment`` for a true default).
-        choices: the allowed values; a mapping (a registry such as ``aacn.data.DATASETS``) is kept as it is, so
-            its keys are the values allowed when a value is checked, entries registered later included.
-        check: returns what is wrong with a value, or None.
-        neutral: the option cannot change a result (where files go, how fast it runs, what else is measured).
-        sweep: ``aacn sweep --grid`` may vary it.
-        cli: it has a flag of its own.
-        run: it is an option of a :class:`RunConfig` (False: set by code, e.g. ``num_classes`` by the dataset).
-        default_text: how help names a ``None`` default ("the recipe's").
+    ``help`` is the CLI help (the default is appended), or a function returning it when shown (help naming
+    values of a layer this one cannot import when loaded). ``group`` places this option and the ones declared
+    after it: the CLI's help section, and the object that held them in the older nested ``config.json``
+    (``"arch.attention"``). ``flag`` is the CLI flag when not ``--<name-with-dashes>`` (``--no-augment`` for a
+    true default); ``choices`` are the allowed values (a mapping, a registry such as ``aacn.data.DATASETS``, is
+    kept as it is: entries registered later count too); ``check`` returns what is wrong with a value, or None;
+    ``neutral``: the option cannot change a result (where files go, how fast it runs, what else is measured);
+    ``sweep``: ``aacn sweep --grid`` may vary it; ``cli``: it has a flag; ``default_text``: how help names a
+    ``None`` default ("the recipe's").
     """
-    metadata = {"help": help, "flat": flat, "flag": flag, "choices": _choices(choices),
-                "check": check, "neutral": neutral, "sweep": sweep and run, "cli": cli and run, "run": run,
-                "default_text": default_text, "metavar": metavar}
-    return field(default=default, metadata=metadata)
+    return dataclasses.field(default=default, metadata={
+        "help": help, "group": group, "flag": flag, "check": check,
+        "choices": choices if isinstance(choices, Mapping) else tuple(choices) if choices else None,
+        "neutral": neutral, "sweep": sweep, "cli": cli, "default_text": default_text, "metavar": metavar})
 
 
-def _choices(choices: Iterable[str] | None) -> Iterable[str] | None:
-    if not choices:
-        return None
-    return choices if isinstance(choices, Mapping) else tuple(choices)
+_KINDS: dict[type, tuple[str, Callable[[Any], bool]]] = {
+    int: ("an integer", is_int), float: ("a number", is_real), str: ("a string", lambda v: isinstance(v, str)),
+    bool: ("True or False", lambda v: isinstance(v, bool))}
+_TRUE, _FALSE = ("true", "yes", "1", "on"), ("false", "no", "0", "off")
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    """One option of a config class: name, group (see :func:`option`), kind (``int | None``: int, optional; a
+    placement, one name or a tuple of names: tuple), default and declaration."""
+
+    name: str
+    group: str
+    kind: type
+    optional: bool
+    default: Any
+    meta: Mapping[str, Any]
+
+    @property
+    def neutral(self) -> bool:
+        return self.meta["neutral"]
+
+    def problem(self, value: Any) -> str | None:
+        """What is wrong with ``value`` for this option on its own (type, choices, check), or None."""
+        if value is None and self.optional:
+            return None
+        if self.meta["check"] is None and not _KINDS[self.kind][1](value):  # a check tests the type itself
+            return f"must be {_KINDS[self.kind][0]}"
+        if self.meta["choices"] and value not in self.meta["choices"]:
+            return f"must be one of {list(self.meta['choices'])}"
+        return self.meta["check"](value) if self.meta["check"] else None
+
+    def parse(self, text: str) -> Any:
+        """The value written as ``text`` (``"none"``: unset); ``ValueError`` says what the text should be."""
+        text = text.strip()
+        if self.optional and text.lower() == "none":
+            return None
+        if self.kind is bool:
+            if text.lower() in _TRUE + _FALSE:
+                return text.lower() in _TRUE
+            raise ValueError(f"expected true or false, got {text!r}")
+        if self.kind is tuple:
+            return names_value(text)
+        try:
+            return self.kind(text)
+        except ValueError:
+            raise ValueError(f"expected {_KINDS[self.kind][0]}, got {text!r}") from None
+
+
+@functools.cache
+def options_of(cls: type) -> dict[str, Option]:
+    """The options of a config dataclass, by name, in declaration order (base classes' first)."""
+    hints, group, found = typing.get_type_hints(cls), "", {}
+    for f in dataclasses.fields(cls):
+        if "help" in f.metadata:
+            hint = hints[f.name]
+            union = isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
+            args = typing.get_args(hint) if union else (hint,)
+            kinds = [tuple if typing.get_origin(a) is tuple else a for a in args if a is not type(None)]
+            kind = tuple if tuple in kinds else kinds[0]  # str | tuple[str, ...]: one name or several
+            group = group if f.metadata["group"] is None else f.metadata["group"]
+            found[f.name] = Option(f.name, group, kind, type(None) in args, f.default, f.metadata)
+    return found
 
 
 def validate(obj: Any) -> None:
     """Check and normalise every option field of a config dataclass (called from ``__post_init__``)."""
-    hints = type_hints(type(obj))
-    for f in dataclasses.fields(obj):
-        if "help" not in f.metadata:
-            continue
-        name = f.metadata["flat"] or f.name
-        value = getattr(obj, f.name)
-        kind, optional = kind_of(hints[f.name])
-        if value is None and optional:
-            continue
-        if kind is tuple and isinstance(value, (str, list)):  # placements: names as a list or comma string
+    for name, opt in options_of(type(obj)).items():
+        value = getattr(obj, name)
+        if opt.kind is tuple and isinstance(value, (str, list)):  # placements: names as a list or comma string
             value = names_value(value)
-        elif kind is float and is_real(value):
+        elif opt.kind is float and is_real(value):
             try:
                 value = float(value)
             except OverflowError:
                 raise OptionError(name, f"{name} must be a finite number, got an integer of "
                                         f"{len(str(abs(value)))} digits") from None
-        wrong = problem(f, kind, value)
+        wrong = opt.problem(value)
         if wrong:
             raise OptionError(name, f"{name} {wrong}, got {value!r}")
-        object.__setattr__(obj, f.name, value)
-
-
-def problem(f: dataclasses.Field, kind: type, value: Any) -> str | None:
-    """What is wrong with a (non-None) value of an option field: its type, choices or check; None if nothing."""
-    choices, check = f.metadata["choices"], f.metadata["check"]
-    if check is None and not _KIND_TESTS[kind](value):  # a check tests the type itself
-        return f"must be {_KIND_WORDS[kind]}"
-    if choices and value not in choices:
-        return f"must be one of {list(choices)}"
-    return check(value) if check else None
-
-
-@functools.cache
-def type_hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-_KIND_WORDS = {int: "an integer", str: "a string", bool: "True or False", float: "a number"}
-_KIND_TESTS: dict[type, Callable[[Any], bool]] = {
-    int: is_int, float: is_real, str: lambda v: isinstance(v, str), bool: lambda v: isinstance(v, bool)}
-
-
-def kind_of(hint: Any) -> tuple[type, bool]:
-    """(base type, None allowed) of an annotation such as ``int | None`` or ``str | tuple[str, ...]``."""
-    args = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union \
-        else (hint,)
-    optional = type(None) in args
-    bases = [a for a in args if a is not type(None)]
-    if any(typing.get_origin(b) is tuple for b in bases):
-        return tuple, optional
-    return bases[0], optional
+        object.__setattr__(obj, name, value)
 
 
 def names_value(value: str | list | tuple) -> str | tuple[str, ...]:

@@ -11,9 +11,9 @@ import argparse
 import re
 from collections.abc import Callable
 
-from aacn.config import add_arguments, config_from_args, given_options
 from aacn.errors import UserError
 from aacn.experiments.presets import SCALES, TABLE2_PLACEMENTS, TABLES
+from aacn.flags import add_arguments, config_from_args, given_options
 from aacn.nn.functional import IMPLS
 from aacn.train.recipes import RECIPES
 

@@ -53,7 +53,7 @@ def run_label(config: RunConfig | Mapping[str, Any]) -> str:
     if not isinstance(config, RunConfig):
         config = RunConfig.from_dict(config)
     label = model_label(config.model, config.base_width)
-    if config.arch.attention.enabled:
+    if config.attention != "none":
         label = ("AA-" if config.relative else "AA-NRE-") + label
     if not config.augment:
         label += " (no aug)"

@@ -221,7 +221,7 @@ def run_folder(label: str, config: RunConfig) -> str:
 
     The same experiment in two tables (Table 1's ``ResNet-34`` and Table 2's) gets the same folder."""
     parts = [label]
-    if config.arch.attention.enabled:
+    if config.attention != "none":
         placement = config.attention
         parts.append(f"{placement if isinstance(placement, str) else 'custom'} placement")
     if config.dataset != "cifar10":

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from aacn.config import OPTIONS, RESULT_NEUTRAL, SWEEP_KEYS, RunConfig, parse_value
+from aacn.config import OPTIONS, RESULT_NEUTRAL, SWEEP_KEYS, RunConfig
 from aacn.errors import UserError
 from aacn.experiments.report import ReportResult
 from aacn.experiments.reproduce import train_all
@@ -61,7 +61,7 @@ def parse_grid(items: Sequence[str]) -> dict[str, list[Any]]:
         parsed = []
         for text in values.split(","):
             try:
-                parsed.append(parse_value(key, text.replace("+", ",") if key == "attention" else text))
+                parsed.append(OPTIONS[key].parse(text.replace("+", ",") if key == "attention" else text))
             except ValueError as exc:
                 raise UserError(f"--grid {key}: {text.strip()!r} is not a valid {OPTIONS[key].kind.__name__} "
                                 f"value ({exc})") from None

@@ -155,7 +155,8 @@ def settings_line(row: ReportRow) -> str:
         extra = [f"{k} {short_value(v)}" for k, v in f.items() if k not in ("kind", "anchor", "dataset")]
         return "; ".join([f"anchor {f.get('anchor')} on {f.get('dataset')}", *extra,
                           "seeds " + ",".join(map(str, row.seeds))])
-    kwargs = {k: v for k, v in f.items() if OPTIONS[k].group == "arch" and k != "model" and v != OPTIONS[k].default}
+    kwargs = {k: v for k, v in f.items()
+              if OPTIONS[k].group.startswith("arch") and k != "model" and v != OPTIONS[k].default}
     parts = [f"{f.get('model')} on {f.get('dataset')}", f"{f.get('epochs')} epochs", f"recipe {f.get('recipe')}",
              f"batch {f.get('batch_size')}", "augmented" if f.get("augment") else "no augmentation"]
     if f.get("subset"):

@@ -45,7 +45,8 @@ from typing import Any
 
 from torch import nn
 
-from aacn.config import AttentionConfig
+from aacn.errors import OptionError
+from aacn.models.config import ATTENTION_OPTIONS, ModelOptions
 from aacn.models.placement_rules import PLACEMENTS, describe_placements, rule_for
 from aacn.nn.aaconv import AAConv2d, resolve_depth
 
@@ -176,21 +177,28 @@ def resolve_placement(
     return sorted(chosen, key=list(slots).index)
 
 
-def apply_attention(model: nn.Module, attention: AttentionConfig | str | Sequence[str] = "none",
+def apply_attention(model: nn.Module, attention: ModelOptions | str | Sequence[str] = "none",
                     **options: Any) -> nn.Module:
     """Replace the placement's conv slots of ``model`` in place by ``AAConv2d`` and describe them.
 
-    ``attention`` is an :class:`~aacn.config.AttentionConfig`, or its placement with the other options given by
-    name (``relative``, ``num_heads``, ``kappa``, ``upsilon``, ``min_key_depth_per_head``, ``attention_impl``;
-    their defaults are :class:`~aacn.config.AttentionConfig`'s). ``model`` must expose ``arch_family`` and
+    ``attention`` is a :class:`~aacn.models.config.ModelOptions` (a ``ModelConfig`` or a ``RunConfig``), or its
+    placement with the other attention options given by name (``relative``, ``num_heads``, ``kappa``,
+    ``upsilon``, ``min_key_depth_per_head``, ``attention_impl``; their defaults and checks are
+    :class:`~aacn.models.config.ModelOptions`'). ``model`` must expose ``arch_family`` and
     ``conv_slots`` (as :class:`~aacn.models.resnet.ResNet` and :class:`~aacn.models.wide_resnet.WideResNet` do).
     Sets ``model.attention_layers`` to one dict per augmented conv: ``name``, ``in_channels``, ``out_channels``,
     ``stride``, ``resolution`` (``[H, W]``, the grid the attention runs on), ``dk``, ``dv``, ``num_heads``,
     ``relative``. Validates everything before changing the model. Returns ``model``.
     """
-    config = attention if isinstance(attention, AttentionConfig) else AttentionConfig.from_kwargs(
-        attention=attention, **options)
-    chosen = resolve_placement(model.arch_family, model.conv_slots, config.placement)
+    if isinstance(attention, ModelOptions):
+        config = attention
+    else:
+        unknown = sorted(set(options) - set(ATTENTION_OPTIONS))
+        if unknown:
+            raise OptionError(unknown[0], f"unknown attention option(s) {unknown}; "
+                                          f"accepted: {list(ATTENTION_OPTIONS)}")
+        config = ModelOptions(attention=attention, **options)
+    chosen = resolve_placement(model.arch_family, model.conv_slots, config.attention)
     plans = []
     for slot in chosen:  # check every layer before touching the model
         dk, dv = attention_depths(slot.out_channels, kappa=config.kappa, upsilon=config.upsilon,
@@ -203,7 +211,7 @@ def apply_attention(model: nn.Module, attention: AttentionConfig | str | Sequenc
         old = model.get_submodule(slot.name)
         new = AAConv2d(slot.in_channels, slot.out_channels, 3, dk=dk, dv=dv, num_heads=config.num_heads,
                        stride=slot.stride, relative=config.relative, padding=1, bias=False, batchnorm=False,
-                       feature_size=slot.resolution, attention_impl=config.impl,
+                       feature_size=slot.resolution, attention_impl=config.attention_impl,
                        ).to(device=old.weight.device, dtype=old.weight.dtype)
         if new.conv is not None:  # the convolutional part is initialised like the conv it replaces
             nn.init.kaiming_normal_(new.conv.weight, mode="fan_out", nonlinearity="relu")

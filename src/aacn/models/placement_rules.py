@@ -1,9 +1,9 @@
 """The named attention placements, as data: :data:`PLACEMENTS` maps a name to its :class:`Rule` per architecture
 family (the model's ``arch_family``: ``"resnet"``, ``"wrn"``; :data:`ANY_FAMILY` for a rule every family shares).
 
-Everything that names placements derives from this table: the ``--attention`` help, the checks of
-:class:`aacn.config.AttentionConfig` and their messages, and :func:`aacn.models.placement.resolve_placement`.
-Adding a placement is one entry here. This module imports nothing of aacn, so the config layer can read it.
+Everything that names placements derives from this table: the ``--attention`` help, the check of the
+``attention`` option (:mod:`aacn.models.config`) and its messages, and :func:`aacn.models.placement.resolve_placement`.
+Adding a placement is one entry here. This module imports nothing of aacn: every module of the models reads it.
 
 A :class:`Rule` selects among a model's conv slots (every 3x3 conv inside a residual block, in forward order):
 those at position ``conv`` of their block (0: the block's first conv; ``None``: any) in stages ``from_stage``

@@ -3,8 +3,9 @@
 Names: ``"resnet34"`` and the family ``"wrn-D-K"`` (any depth ``D`` with ``(D - 4) % 6 == 0`` and widen factor
 ``K >= 1``, e.g. ``"wrn-28-10"``, ``"wrn-16-4"``, ``"wrn-40-4"``).
 
-The options, their defaults and their checks are those of :class:`aacn.config.ModelConfig` (keyword arguments
-use the same names as the CLI: ``attention`` for the placement, ``attention_impl`` for the implementation):
+The options, their defaults and their checks are those of :class:`aacn.models.config.ModelConfig`, whose fields the
+keyword arguments are (named as the CLI names them: ``attention`` for the placement, ``attention_impl`` for the
+implementation):
 
 - ``base_width``: ResNet stage widths ``base_width * (1, 2, 4, 8)`` (default 64); WRN stem width
   ``base_width`` and group widths ``base_width * K * (1, 2, 4)`` (default 16). ``None`` means the default.
@@ -20,6 +21,7 @@ ResNet only: ``stem`` (``"cifar"`` | ``"imagenet"``). WRN only: ``dropout`` (pro
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,7 +29,7 @@ from typing import Any
 
 from torch import nn
 
-from aacn.config import ATTENTION_KWARGS, AttentionConfig, ModelConfig
+from aacn.models.config import ModelConfig
 from aacn.models.placement import apply_attention
 from aacn.models.resnet import ResNet, resnet34
 from aacn.models.wide_resnet import WideResNet, wide_resnet
@@ -108,12 +110,11 @@ def _build_wrn(match: re.Match[str], config: ModelConfig) -> nn.Module:
 def model_config(name: str, num_classes: int = 10, **kwargs: Any) -> ModelConfig:
     """The :class:`ModelConfig` of ``create_model``'s keyword form (unknown keywords raise ``ValueError``)."""
     _lookup(name)
-    allowed = ("base_width", "input_size", "in_channels", *_FAMILY_KWARGS, *ATTENTION_KWARGS)
+    allowed = [f.name for f in dataclasses.fields(ModelConfig) if f.name not in ("model", "num_classes")]
     unknown = sorted(set(kwargs) - set(allowed))
     if unknown:
         raise ValueError(f"unknown argument(s) {unknown} for model {name!r}; accepted: {sorted(allowed)}")
-    attention = AttentionConfig.from_kwargs(**{k: kwargs.pop(k) for k in list(kwargs) if k in ATTENTION_KWARGS})
-    return ModelConfig(name=name, num_classes=num_classes, attention=attention, **kwargs)
+    return ModelConfig(model=name, num_classes=num_classes, **kwargs)
 
 
 def create_model(config: ModelConfig | str, num_classes: int | None = None, **kwargs: Any) -> nn.Module:
@@ -135,9 +136,9 @@ def create_model(config: ModelConfig | str, num_classes: int | None = None, **kw
         config = model_config(config, 10 if num_classes is None else num_classes, **kwargs)
     elif num_classes is not None or kwargs:
         raise ValueError("create_model(ModelConfig) takes no other arguments; use dataclasses.replace on the config")
-    display_name, entry, match = _lookup(config.name)
+    display_name, entry, match = _lookup(config.model)
     misplaced = sorted(set(_given(config, _FAMILY_KWARGS)) - set(entry.extra_kwargs))
     if misplaced:
-        raise ValueError(f"unknown argument(s) {misplaced} for model {config.name!r}; {display_name} takes "
+        raise ValueError(f"unknown argument(s) {misplaced} for model {config.model!r}; {display_name} takes "
                          f"{', '.join(entry.extra_kwargs)} of {', '.join(_FAMILY_KWARGS)}")
-    return apply_attention(entry.builder(match, config), config.attention)
+    return apply_attention(entry.builder(match, config), config)

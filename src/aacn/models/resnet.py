@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from aacn.config import STEMS as RESNET_STEMS
+from aacn.models.config import STEMS as RESNET_STEMS
 from aacn.models.placement import ConvSlot, conv_output_size
 from aacn.models.stages import add_stages, init_weights
 

@@ -28,8 +28,9 @@ continued by ``--resume``, tabulated by ``report`` and ``--publish``, loaded by 
 ``load_model``); otherwise it is refused with one :class:`~aacn.errors.UserError` naming the file and the field:
 
 * ``config.json`` must hold every option that can change a result (:data:`aacn.config.RESULT_NEUTRAL` options
-  may be absent). Nothing is filled with a default: a record missing ``optim.epochs`` is refused, not read as
-  10 epochs. The older flat form (no ``"format"``) must hold :data:`LEGACY_REQUIRED`; its ``model_kwargs`` were
+  may be absent), in any format :meth:`aacn.config.RunConfig.from_dict` reads. Nothing is filled with a
+  default: a record missing ``epochs`` (``optim.epochs`` in format 2) is refused, not read as 10 epochs. The
+  older flat form 1 (no ``"format"``) must hold :data:`LEGACY_REQUIRED`; its ``model_kwargs`` were
   ``create_model`` keyword arguments, whose defaults were the model's, so they may be sparse.
 * A finished run (``results.json``) must have its ``config.json``; the config that ``results.json`` holds must
   equal it (up to result-neutral options), and the model, dataset, epochs, parameter count, resolved recipe and
@@ -65,7 +66,7 @@ from typing import Any
 import torch
 
 from aacn import files
-from aacn.config import OPTIONS, RunConfig
+from aacn.config import CONFIG_FORMAT, OPTIONS, RunConfig, format2_path
 from aacn.errors import OptionError, UserError
 from aacn.train import distributed
 from aacn.train.recipes import recipe_differences
@@ -298,20 +299,24 @@ def _type_name(value: Any) -> str:
 
 
 def _missing(data: Mapping[str, Any], path: Path, prefix: str) -> list[str]:
-    """Result-changing options absent from the config ``data`` (format 2, or the older flat form)."""
+    """Result-changing options absent from the config ``data`` (format 3, 2 or the older flat form 1)."""
     if "format" not in data:
         return [name for name in LEGACY_REQUIRED if name not in data]
+    if data["format"] != 2:  # format 3 (RunConfig.from_dict refuses another)
+        return [name for name, opt in OPTIONS.items() if not opt.neutral and name not in data] \
+            if data["format"] == CONFIG_FORMAT else []
     missing = []
-    for opt in OPTIONS.values():
+    for name, opt in OPTIONS.items():
         if opt.neutral:
             continue
         node: Any = data
-        for depth, part in enumerate(opt.path):
+        where = format2_path(name)
+        for depth, part in enumerate(where):
             if not isinstance(node, Mapping):
-                where = ".".join(opt.path[:depth])
-                raise UserError(f"{path}: field {prefix}{where} is {_type_name(node)}, not an object; {_FIX}")
+                raise UserError(f"{path}: field {prefix}{'.'.join(where[:depth])} is {_type_name(node)}, not an "
+                                f"object; {_FIX}")
             if part not in node:
-                missing.append(".".join(opt.path[:depth + 1]))
+                missing.append(".".join(where[:depth + 1]))
                 break
             node = node[part]
     return list(dict.fromkeys(missing))
@@ -342,7 +347,7 @@ def complete_config(stored: Any, path: str | Path, *, key: str = "config") -> Ru
         return RunConfig.from_dict(data)
     except OptionError as exc:
         name = exc.option
-        dotted = ".".join(OPTIONS[name].path) if name in OPTIONS and "format" in data else name
+        dotted = ".".join(format2_path(name)) if name in OPTIONS and data.get("format") == 2 else name
         raise UserError(f"{path}: field {prefix}{dotted}: {exc}; {_FIX}") from None
     except UserError as exc:
         raise UserError(f"{path}: {exc}") from None
