@@ -25,6 +25,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from aacn.config import RunConfig
+from aacn.data.integrity import cached_md5s
 from aacn.train.loop import run
 from aacn.train.sync_bn import GlobalBatchNorm2d, convert_sync_batchnorm
 
@@ -131,7 +132,10 @@ def wrapper(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def sync_run(tiny_cifar10, tmp_path_factory, wrapper):
-    """A finished 2-process ``--sync-bn`` run, every file write logged per rank."""
+    """A finished 2-process ``--sync-bn`` run, every file write logged per rank. The data's MD5 cache is filled
+    first (as any earlier load would), so that the only files rank 0 writes are the run's."""
+    folder = tiny_cifar10 / "cifar-10-batches-py"
+    cached_md5s(folder, sorted(path.name for path in folder.iterdir()))
     root = tmp_path_factory.mktemp("sync")
     out, logs = root / "run", root / "writes"
     logs.mkdir()
