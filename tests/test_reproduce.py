@@ -10,6 +10,7 @@ from test_report import write_run
 
 import aacn.train.loop
 from aacn.cli import main
+from aacn.config import RunConfig
 from aacn.errors import UserError
 from aacn.experiments.presets import SCALES, TABLES, preset, run_folder, run_slug, scale_settings
 from aacn.experiments.reproduce import reproduce
@@ -231,3 +232,21 @@ def test_estimates_scale_with_the_epochs():
     assert len(estimator.cache) == 1 and 0 < one < ten  # timed once, then scaled
     assert ten - one == pytest.approx(9 * (estimate_seconds(estimator, cfg.replace(epochs=2)) - one))
     assert [format_duration(s) for s in (None, 45, 600, 9000)] == ["—", "45 s", "10 min", "2.5 h"]
+
+
+def test_estimates_count_the_images_of_the_datasets_entry(monkeypatch):
+    import dataclasses
+
+    from aacn.data.registry import DATASETS
+    from aacn.experiments.estimate import Estimator, estimate_seconds
+
+    class OneSecondSteps(Estimator):  # 1 s per training step, evaluation free
+        def per_step_and_image(self, config):
+            return 1.0, 0.0
+
+    cfg = RunConfig(model="wrn-10-1", epochs=2, batch_size=100, val_size=100)
+    entry = DATASETS["cifar10"]
+    monkeypatch.setitem(DATASETS, "cifar10", dataclasses.replace(entry, images=(1000, 100)))
+    assert estimate_seconds(OneSecondSteps(), cfg) == 2 * 9  # (1000 - 100) // 100 steps per epoch
+    monkeypatch.setitem(DATASETS, "cifar10", dataclasses.replace(entry, images=None))
+    assert estimate_seconds(OneSecondSteps(), cfg) is None  # unknown counts: no estimate, not CIFAR's

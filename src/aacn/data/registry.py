@@ -45,6 +45,8 @@ class Dataset:
         image_shape: ``(C, H, W)`` of every image; square (``H == W``): the networks take a square input.
         pad: zero padding of the random crop (``H x W`` out of ``(H + 2 pad) x (W + 2 pad)``).
         about: one line naming the dataset.
+        images: ``(training, test)`` image counts of the full dataset (before the validation split), for time
+            estimates made before it is loaded; ``None`` where unknown.
     """
 
     load: Callable[..., Splits]
@@ -52,6 +54,7 @@ class Dataset:
     image_shape: tuple[int, int, int]
     pad: int = PAD
     about: str = ""
+    images: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         c, h, w = self.image_shape
@@ -71,7 +74,7 @@ class Dataset:
 
 DATASETS: dict[str, Dataset] = {
     name: Dataset(functools.partial(load_cifar, name), num_classes=spec.num_classes, image_shape=IMAGE_SHAPE,
-                  about=f"CIFAR-{spec.num_classes}")
+                  about=f"CIFAR-{spec.num_classes}", images=(50_000, 10_000))
     for name, spec in ARCHIVES.items()
 }
 """Every dataset a run can use, by name (``--dataset``)."""

@@ -22,13 +22,12 @@ import torch
 import torch.nn.functional as F
 
 from aacn.config import RunConfig
+from aacn.data.registry import DATASETS
 from aacn.models.registry import create_model
 from aacn.train.distributed import resolve_device
 
 __all__ = ["Estimator", "RunPlan", "estimate_seconds", "plan_line", "format_duration", "load_average"]
 
-TEST_IMAGES = {"cifar10": 10_000, "cifar100": 10_000}
-TRAIN_IMAGES = {"cifar10": 50_000, "cifar100": 50_000}
 
 
 def format_duration(seconds: float | None) -> str:
@@ -110,15 +109,19 @@ class RunPlan:
     recorded_s: float | None = None  # a finished run's recorded training time
 
 
-def estimate_seconds(estimator: Estimator, config: RunConfig, *, from_epoch: int = 0) -> float:
-    """Estimated seconds to train ``config`` from ``from_epoch`` to its end, evaluations included."""
+def estimate_seconds(estimator: Estimator, config: RunConfig, *, from_epoch: int = 0) -> float | None:
+    """Estimated seconds to train ``config`` from ``from_epoch`` to its end, evaluations included; None where the
+    dataset's registry entry does not say how many images it has."""
+    counts = DATASETS[config.dataset].images
+    if counts is None:
+        return None
     step_s, image_s = estimator.per_step_and_image(config)
-    total = TRAIN_IMAGES.get(config.dataset, 50_000)
+    total, test = counts
     val = config.val_size
     train = min(config.subset, total - val) if config.subset else total - val
     steps = train // config.batch_size
     per_epoch = steps * step_s + val * image_s
-    final = (train + val + TEST_IMAGES.get(config.dataset, 10_000)) * image_s * (2 if config.tta else 1)
+    final = (train + val + test) * image_s * (2 if config.tta else 1)
     return (config.epochs - from_epoch) * per_epoch + final
 
 

@@ -122,9 +122,11 @@ def dry_run(plans: list[RunPlan], title: str, log: Any = print) -> None:
         log(plan_line(i, plan))
     todo = [p for p in plans if p.status != "finished"]
     longest = max(todo, key=lambda p: p.seconds or 0.0, default=None)
+    unknown = sum(p.seconds is None for p in todo)
     log(f"total: {len(plans) - len(todo)} finished, {len(todo)} to train, est. "
         f"{format_duration(sum(p.seconds or 0.0 for p in todo))}"
-        + (f" (longest: {longest.label}, {format_duration(longest.seconds)})" if longest else ""))
+        + (f" (longest: {longest.label}, {format_duration(longest.seconds)})" if longest else "")
+        + (f"; {unknown} run(s) without an estimate (their dataset's entry has no image counts)" if unknown else ""))
 
 
 def reproduce(
