@@ -105,7 +105,7 @@ class RunPlan:
     label: str
     config: RunConfig
     status: str  # "finished", "started" or "new"
-    seconds: float | None  # estimated training time still to spend (0 for a finished run)
+    seconds: float | None  # estimated training time still to spend (0 if finished, None: no estimate)
     recorded_s: float | None = None  # a finished run's recorded training time
 
 

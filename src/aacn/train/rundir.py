@@ -302,9 +302,10 @@ def _missing(data: Mapping[str, Any], path: Path, prefix: str) -> list[str]:
     """Result-changing options absent from the config ``data`` (format 3, 2 or the older flat form 1)."""
     if "format" not in data:
         return [name for name in LEGACY_REQUIRED if name not in data]
-    if data["format"] != 2:  # format 3 (RunConfig.from_dict refuses another)
-        return [name for name, opt in OPTIONS.items() if not opt.neutral and name not in data] \
-            if data["format"] == CONFIG_FORMAT else []
+    if data["format"] == CONFIG_FORMAT:
+        return [name for name, opt in OPTIONS.items() if not opt.neutral and name not in data]
+    if data["format"] != 2:
+        return []  # RunConfig.from_dict refuses any other format, saying why
     missing = []
     for name, opt in OPTIONS.items():
         if opt.neutral:
