@@ -78,6 +78,8 @@ def test_result_neutral_and_sweep_keys_come_from_the_declarations():
     ({"compile_mode": "fastest"}, "compile_mode must be one of ['default', 'reduce-overhead', 'max-autotune']"),
     ({"tta": 1}, "tta must be True or False"),
     ({"epochz": 3}, "unknown option(s) ['epochz']"),
+    ({"lr": 10**400}, "lr must be a finite number, got an integer too large"),
+    ({"lr": 10**5000}, "lr must be a finite number, got an integer too large"),  # str() of it would raise
 ])
 def test_bad_values_are_refused_naming_the_option(options, message):
     with pytest.raises(OptionError) as info:

@@ -1,16 +1,9 @@
-"""The options of a training run, each declared once: :class:`RunConfig`, and the network's :class:`ModelConfig`.
+"""The options of a training run, each declared once (:func:`aacn.options.option`) in :class:`RunConfig`.
 
-A :class:`RunConfig` is one flat frozen dataclass: every option is a field (``config.epochs``, ``config.kappa``)
-declared with :func:`aacn.options.option` (default, help, check, whether it can change a result). The network's
-options (:class:`ModelOptions`) are shared by inheritance with :class:`ModelConfig`, what
-``aacn.models.create_model`` builds (a run's is ``config.arch``). From the declarations come the command-line
-flags (:mod:`aacn.flags`), the sweep keys (:data:`SWEEP_KEYS`), the options that cannot change a result
-(:data:`RESULT_NEUTRAL`, ignored by :meth:`RunConfig.differences`) and ``config.json``:
-:meth:`RunConfig.to_dict` writes format 3 (``{"format": 3, <option>: <value>, ...}``); :meth:`RunConfig.from_dict`
-also reads format 2 (objects ``arch``, ``arch.attention``, ``data``, ``optim``, ``system``) and the flat form 1
-(no ``"format"``, the model's options in ``model_kwargs``). A bad value raises :class:`aacn.errors.OptionError`
-(a ``UserError`` and a ``ValueError``) whose message starts with the option's name.
-
+The network's options are inherited (:class:`aacn.models.config.ModelOptions`); the CLI flags (:mod:`aacn.flags`),
+:data:`SWEEP_KEYS` and :data:`RESULT_NEUTRAL` derive from the declarations. ``config.json`` is written flat
+(format 3); the nested format 2 and the flat form 1 (model options in ``model_kwargs``) still read. A bad value
+raises :class:`aacn.errors.OptionError` (a ``UserError`` and a ``ValueError``) naming the option first.
 """
 
 from __future__ import annotations
@@ -28,9 +21,7 @@ from aacn.errors import OptionError, UserError
 from aacn.files import read_json
 from aacn.models.config import ModelConfig, ModelOptions
 from aacn.options import (
-    Option,
     at_most,
-    is_int,
     non_negative_int,
     non_negative_number,
     option,
@@ -40,8 +31,8 @@ from aacn.options import (
     probability,
 )
 
-__all__ = ["CONFIG_FORMAT", "AMP_MODES", "DEVICES", "COMPILE_MODES", "RunConfig", "Option", "OPTIONS",
-           "RESULT_NEUTRAL", "RESUME_MUTABLE", "SWEEP_KEYS", "format2_path"]
+__all__ = ["CONFIG_FORMAT", "AMP_MODES", "DEVICES", "COMPILE_MODES", "RunConfig", "OPTIONS",
+           "RESULT_NEUTRAL", "SWEEP_KEYS", "FORMAT2_PATHS"]
 
 CONFIG_FORMAT = 3  # the config.json layout RunConfig.to_dict writes (2: nested objects; 1: flat, no "format")
 AMP_MODES = ("auto", "bf16", "fp16", "none")
@@ -52,10 +43,9 @@ MAX_IMAGES = 10**7  # CIFAR has 60,000 images
 
 
 def device_name(value: Any) -> str | None:
-    if value in DEVICES or (isinstance(value, str) and value.partition(":")[0] in ("cuda", "mps")
-                            and value.partition(":")[2].isdigit()):
-        return None
-    return f"must be one of {', '.join(DEVICES)} or cuda:N"
+    kind, _, index = value.partition(":") if isinstance(value, str) else ("", "", "")
+    ok = value in DEVICES or (kind in ("cuda", "mps") and index.isdigit())
+    return None if ok else f"must be one of {', '.join(DEVICES)} or cuda:N"
 
 
 @dataclass(frozen=True)
@@ -112,8 +102,7 @@ class RunConfig(ModelOptions):
 
     @property
     def arch(self) -> ModelConfig:
-        """The run's network, for ``create_model``: its classes and its input's size and channels are the
-        dataset's (its registry entry)."""
+        """The run's network, for ``create_model``, with its dataset's classes, image size and channels."""
         entry = DATASETS[self.dataset]
         return ModelConfig(**{name: getattr(self, name) for name in options_of(ModelOptions)},
                            num_classes=entry.num_classes, input_size=entry.image_size, in_channels=entry.channels)
@@ -130,8 +119,7 @@ class RunConfig(ModelOptions):
         return dataclasses.replace(self, **changes)
 
     def differences(self, other: RunConfig, *, ignore: Iterable[str] = ()) -> list[str]:
-        """Options on which two configs differ, as ``name: a != b``, leaving out :data:`RESULT_NEUTRAL` and
-        ``ignore``."""
+        """Options on which two configs differ (``name: a != b``), except :data:`RESULT_NEUTRAL` and ``ignore``."""
         skip = RESULT_NEUTRAL | set(ignore)
         mine, theirs = self.flat(), other.flat()
         return [f"{name}: {mine[name]!r} != {theirs[name]!r}" for name in mine
@@ -143,12 +131,11 @@ class RunConfig(ModelOptions):
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
-        """Read :meth:`to_dict`'s form, format 2 or the flat form 1. Options a record lacks take their defaults
-        (:mod:`aacn.train.rundir` refuses records that must be complete and are not)."""
+        """Read format 3, 2 or 1; absent options take their defaults (:mod:`aacn.train.rundir` refuses those)."""
         if not isinstance(data, Mapping):
             raise UserError(f"a config must be a JSON object, got {type(data).__name__}")
         version = data.get("format", 1)
-        if not is_int(version) or version > CONFIG_FORMAT:
+        if type(version) is not int or version > CONFIG_FORMAT:
             raise UserError(f"config format {version!r} is newer than this aacn reads ({CONFIG_FORMAT}); "
                             "upgrade aacn")
         flat = _from_format2(data) if version == 2 else {k: v for k, v in data.items() if k != "format"}
@@ -178,43 +165,34 @@ class RunConfig(ModelOptions):
             raise UserError(f"{path}: {exc}") from None
 
 
-OPTIONS: dict[str, Option] = options_of(RunConfig)
+OPTIONS = options_of(RunConfig)
 """Every option of a run, by name."""
-RESULT_NEUTRAL = frozenset(name for name, opt in OPTIONS.items() if opt.neutral)
+RESULT_NEUTRAL = frozenset(name for name, opt in OPTIONS.items() if opt.meta["neutral"])
 """Options that cannot change a result: ignored when a saved run is compared with a requested one."""
-RESUME_MUTABLE = RESULT_NEUTRAL  # what may change when an interrupted run is resumed
-SWEEP_KEYS: dict[str, Option] = {name: opt for name, opt in OPTIONS.items() if opt.meta["sweep"]}
+SWEEP_KEYS = {name: opt for name, opt in OPTIONS.items() if opt.meta["sweep"]}
 """Options ``aacn sweep --grid`` may vary."""
 
-_FORMAT2_NAMES = {"model": "name", "attention": "placement", "attention_impl": "impl"}  # renamed since
-
-
-def format2_path(name: str) -> tuple[str, ...]:
-    """Where option ``name`` was in a format-2 config (``("arch", "attention", "placement")`` for attention)."""
-    return (*filter(None, OPTIONS[name].group.split(".")), _FORMAT2_NAMES.get(name, name))
+_RENAMED = {"model": "name", "attention": "placement", "attention_impl": "impl"}  # format-2 names
+FORMAT2_PATHS = {name: (*filter(None, opt.group.split(".")), _RENAMED.get(name, name)) for name, opt in OPTIONS.items()}
+"""Where each option was in a format-2 config: ``("arch", "attention", "placement")`` for ``attention``."""
+_DATASET_DECIDES = {("format",), *(("arch", name) for name in ("num_classes", "input_size", "in_channels"))}
 
 
 def _from_format2(data: Mapping[str, Any]) -> dict[str, Any]:
-    """A format-2 config by option name. Its ``arch.num_classes``, ``arch.input_size`` and ``arch.in_channels``
-    are left out: the dataset decides them."""
-    names = {format2_path(name): name for name in OPTIONS}
+    """A format-2 config by option name; an unknown field keeps its dotted path (``from_dict`` refuses it)."""
+    names = {path: name for name, path in FORMAT2_PATHS.items()}
     objects = {path[:i] for path in names for i in range(1, len(path))}
     flat: dict[str, Any] = {}
-    unknown: list[str] = []
 
     def walk(node: Any, where: tuple[str, ...]) -> None:
         if not isinstance(node, Mapping):
             raise UserError(f"config field {'.'.join(where)!r} must be an object, got {node!r}")
         for key, value in node.items():
             path = (*where, key)
-            if path in names:
-                flat[names[path]] = value
-            elif path in objects:
+            if path in objects:
                 walk(value, path)
-            elif path not in (("format",), *(("arch", name) for name in ("num_classes", "input_size", "in_channels"))):
-                unknown.append(".".join(path))
+            elif path not in _DATASET_DECIDES:
+                flat[names.get(path, ".".join(path))] = value
 
     walk(data, ())
-    if unknown:
-        raise UserError(f"config has unknown fields {unknown}; was it written by a newer aacn?")
     return flat

@@ -17,7 +17,8 @@ import functools
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from aacn.config import OPTIONS, Option, RunConfig
+from aacn.config import OPTIONS, RunConfig
+from aacn.options import Option
 
 __all__ = ["flag_of", "add_arguments", "given_options", "config_from_args"]
 

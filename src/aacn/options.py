@@ -1,10 +1,7 @@
-"""How a configuration option is declared and checked: :func:`option` field metadata, :class:`Option`, :func:`validate`.
+"""How a configuration option is declared and checked: :func:`option`, :class:`Option`, :func:`validate`.
 
-An option is a dataclass field made with :func:`option`: its default, help text, CLI flag, allowed values, check
-and whether it can change a result sit in one place. :func:`options_of` lists a config class's options with the
-kind of value its annotation allows; :func:`validate` (called from ``__post_init__``) checks and normalises them
-(ints to floats for float options, lists or comma-separated strings to tuples of names) and raises
-:class:`aacn.errors.OptionError` naming the option. :mod:`aacn.config` declares the options of a run.
+:func:`option` makes a dataclass field that holds everything about an option; :func:`options_of` lists a config
+class's options; :func:`validate` checks and normalises them and raises :class:`aacn.errors.OptionError`.
 """
 
 from __future__ import annotations
@@ -56,15 +53,12 @@ def option(default: Any = None, help: str | Callable[[], str] = "", *, group: st
            metavar: str | None = None) -> Any:
     """A config field with everything about the option in one place.
 
-    ``help`` is the CLI help (the default is appended), or a function returning it when shown (help naming
-    values of a layer this one cannot import when loaded). ``group`` places this option and the ones declared
-    after it: the CLI's help section, and the object that held them in the older nested ``config.json``
-    (``"arch.attention"``). ``flag`` is the CLI flag when not ``--<name-with-dashes>`` (``--no-augment`` for a
-    true default); ``choices`` are the allowed values (a mapping, a registry such as ``aacn.data.DATASETS``, is
-    kept as it is: entries registered later count too); ``check`` returns what is wrong with a value, or None;
-    ``neutral``: the option cannot change a result (where files go, how fast it runs, what else is measured);
-    ``sweep``: ``aacn sweep --grid`` may vary it; ``cli``: it has a flag; ``default_text``: how help names a
-    ``None`` default ("the recipe's").
+    ``help``: CLI help (the default is appended), or a function returning it (help naming values of a higher
+    layer). ``group``: this option's and the following ones' help section, and their object in the nested format-2
+    ``config.json`` (``"arch.attention"``). ``flag``: when not ``--<name-with-dashes>``. ``choices``: the allowed
+    values (a mapping, a registry such as ``aacn.data.DATASETS``, stays live). ``check``: what is wrong with a value,
+    or None. ``neutral``: cannot change a result (where files go, how fast it runs). ``sweep``: ``aacn sweep
+    --grid`` may vary it. ``cli``: has a flag. ``default_text``: how help names a ``None`` default.
     """
     return dataclasses.field(default=default, metadata={
         "help": help, "group": group, "flag": flag, "check": check,
@@ -89,10 +83,6 @@ class Option:
     optional: bool
     default: Any
     meta: Mapping[str, Any]
-
-    @property
-    def neutral(self) -> bool:
-        return self.meta["neutral"]
 
     def problem(self, value: Any) -> str | None:
         """What is wrong with ``value`` for this option on its own (type, choices, check), or None."""
@@ -147,8 +137,7 @@ def validate(obj: Any) -> None:
             try:
                 value = float(value)
             except OverflowError:
-                raise OptionError(name, f"{name} must be a finite number, got an integer of "
-                                        f"{len(str(abs(value)))} digits") from None
+                raise OptionError(name, f"{name} must be a finite number, got an integer too large") from None
         wrong = opt.problem(value)
         if wrong:
             raise OptionError(name, f"{name} {wrong}, got {value!r}")

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aacn.config import RESUME_MUTABLE, RunConfig
+from aacn.config import RESULT_NEUTRAL, RunConfig
 from aacn.errors import UserError
 from aacn.experiments.labels import run_label
 from aacn.files import read_json
@@ -57,7 +57,7 @@ __all__ = [
 ]
 
 # Config fields that never distinguish two rows (seeds are averaged; the rest cannot change a result).
-GROUP_IGNORED = frozenset({"seed"}) | RESUME_MUTABLE
+GROUP_IGNORED = frozenset({"seed"}) | RESULT_NEUTRAL
 
 # Numbers collected per run, named as in results.json.
 METRICS = ("train_acc", "val_acc", "test_acc", "test_acc_tta", "test_top5", "train_time_s", "params",

@@ -66,7 +66,7 @@ from typing import Any
 import torch
 
 from aacn import files
-from aacn.config import CONFIG_FORMAT, OPTIONS, RunConfig, format2_path
+from aacn.config import CONFIG_FORMAT, FORMAT2_PATHS, OPTIONS, RESULT_NEUTRAL, RunConfig
 from aacn.errors import OptionError, UserError
 from aacn.train import distributed
 from aacn.train.recipes import recipe_differences
@@ -303,15 +303,13 @@ def _missing(data: Mapping[str, Any], path: Path, prefix: str) -> list[str]:
     if "format" not in data:
         return [name for name in LEGACY_REQUIRED if name not in data]
     if data["format"] == CONFIG_FORMAT:
-        return [name for name, opt in OPTIONS.items() if not opt.neutral and name not in data]
+        return [name for name in OPTIONS if name not in RESULT_NEUTRAL and name not in data]
     if data["format"] != 2:
         return []  # RunConfig.from_dict refuses any other format, saying why
     missing = []
-    for name, opt in OPTIONS.items():
-        if opt.neutral:
-            continue
+    for name in [name for name in OPTIONS if name not in RESULT_NEUTRAL]:
         node: Any = data
-        where = format2_path(name)
+        where = FORMAT2_PATHS[name]
         for depth, part in enumerate(where):
             if not isinstance(node, Mapping):
                 raise UserError(f"{path}: field {prefix}{'.'.join(where[:depth])} is {_type_name(node)}, not an "
@@ -348,7 +346,7 @@ def complete_config(stored: Any, path: str | Path, *, key: str = "config") -> Ru
         return RunConfig.from_dict(data)
     except OptionError as exc:
         name = exc.option
-        dotted = ".".join(format2_path(name)) if name in OPTIONS and data.get("format") == 2 else name
+        dotted = ".".join(FORMAT2_PATHS[name]) if name in OPTIONS and data.get("format") == 2 else name
         raise UserError(f"{path}: field {prefix}{dotted}: {exc}; {_FIX}") from None
     except UserError as exc:
         raise UserError(f"{path}: {exc}") from None
