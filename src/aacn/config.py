@@ -175,7 +175,8 @@ SWEEP_KEYS = {name: opt for name, opt in OPTIONS.items() if opt.meta["sweep"]}
 _RENAMED = {"model": "name", "attention": "placement", "attention_impl": "impl"}  # format-2 names
 FORMAT2_PATHS = {name: (*filter(None, opt.group.split(".")), _RENAMED.get(name, name)) for name, opt in OPTIONS.items()}
 """Where each option was in a format-2 config: ``("arch", "attention", "placement")`` for ``attention``."""
-_DATASET_DECIDES = {("format",), *(("arch", name) for name in ("num_classes", "input_size", "in_channels"))}
+# not options: the version, and the network sizes that the dataset now decides
+_NOT_OPTIONS = {("format",), *(("arch", name) for name in ("num_classes", "input_size", "in_channels"))}
 
 
 def _from_format2(data: Mapping[str, Any]) -> dict[str, Any]:
@@ -191,7 +192,7 @@ def _from_format2(data: Mapping[str, Any]) -> dict[str, Any]:
             path = (*where, key)
             if path in objects:
                 walk(value, path)
-            elif path not in _DATASET_DECIDES:
+            elif path not in _NOT_OPTIONS:
                 flat[names.get(path, ".".join(path))] = value
 
     walk(data, ())

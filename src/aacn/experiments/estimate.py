@@ -29,7 +29,6 @@ from aacn.train.distributed import resolve_device
 __all__ = ["Estimator", "RunPlan", "estimate_seconds", "plan_line", "format_duration", "load_average"]
 
 
-
 def format_duration(seconds: float | None) -> str:
     """``"—"``, ``"45 s"``, ``"12 min"`` or ``"1.6 h"``."""
     if seconds is None:

@@ -302,12 +302,13 @@ def _missing(data: Mapping[str, Any], path: Path, prefix: str) -> list[str]:
     """Result-changing options absent from the config ``data`` (format 3, 2 or the older flat form 1)."""
     if "format" not in data:
         return [name for name in LEGACY_REQUIRED if name not in data]
+    result_changing = [name for name in OPTIONS if name not in RESULT_NEUTRAL]
     if data["format"] == CONFIG_FORMAT:
-        return [name for name in OPTIONS if name not in RESULT_NEUTRAL and name not in data]
+        return [name for name in result_changing if name not in data]
     if data["format"] != 2:
         return []  # RunConfig.from_dict refuses any other format, saying why
     missing = []
-    for name in [name for name in OPTIONS if name not in RESULT_NEUTRAL]:
+    for name in result_changing:
         node: Any = data
         where = FORMAT2_PATHS[name]
         for depth, part in enumerate(where):
