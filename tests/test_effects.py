@@ -85,3 +85,14 @@ def test_table_effects_pair_attention_with_plain_and_with_no_relative():
     lines = effects_markdown(effects)
     assert lines[0].startswith("| Effect of |") and "| attention | AA-WRN-16-2 − WRN-16-2 | 2 | +1.50 |" in lines[2]
     assert effects_markdown([]) == []
+
+
+def test_table_effects_pair_augmentation_with_the_no_aug_row_of_the_same_network():
+    rows = [_Row("ResNet-34", [_Run(0, 80.0), _Run(1, 82.0), _Run(2, 81.0)]),
+            _Row("ResNet-34 (no aug)", [_Run(0, 75.0), _Run(1, 76.0)]),  # seed 2 unfinished: two pairs
+            _Row("WRN-16-2", [_Run(0, 84.0)]),
+            _Row("WRN-16-2 (no aug)", [])]  # not run yet: no partner
+    effects = table_effects(rows)
+    assert [(e.what, e.changed, e.baseline, e.seeds) for e in effects] == [
+        ("data augmentation", "ResNet-34", "ResNet-34 (no aug)", (0, 1))]
+    assert effects[0].mean == 5.5 and effects[0].lo is not None

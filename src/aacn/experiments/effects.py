@@ -1,9 +1,11 @@
-"""Paired effects between rows of a table: what attention (or its relative embeddings) changes, with uncertainty.
+"""Paired effects between rows of a table: what attention, its relative embeddings or data augmentation
+changes, with uncertainty.
 
 Two rows that differ in one thing (``AA-WRN-16-2`` against ``WRN-16-2``; ``AA-WRN-16-2`` against
-``AA-NRE-WRN-16-2``) are trained with the same seeds, and a seed fixes the split, the initialisation of the
-shared layers' random stream, the batch order and the augmentation. The effect is therefore measured per seed
-as the difference of the two runs' test accuracies, and summarised over the ``n`` seed pairs:
+``AA-NRE-WRN-16-2``; ``WRN-16-2`` against ``WRN-16-2 (no aug)``) are trained with the same seeds, and a seed
+fixes the split, the initialisation of the shared layers' random stream, the batch order and the augmentation.
+The effect is therefore measured per seed as the difference of the two runs' test accuracies, and summarised
+over the ``n`` seed pairs:
 
 - ``mean``: the mean difference, in accuracy points;
 - ``sd``: its sample standard deviation;
@@ -23,6 +25,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from aacn.experiments.labels import AA, AA_NRE, NO_AUG
+
 __all__ = ["Effect", "t_quantile_975", "paired_effect", "table_effects", "effects_markdown", "COMPARISONS"]
 
 # Two-sided 95% quantiles of Student's t (t at 0.975) for 1..30 degrees of freedom, then 40, 60, 120 and inf.
@@ -32,8 +36,17 @@ _T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 
          29: 2.045, 30: 2.042, 40: 2.021, 60: 2.000, 120: 1.980}
 _Z975 = 1.960
 
-# (prefix of the changed row, prefix of the row it is compared with, what the difference measures)
-COMPARISONS = (("AA-", "", "attention"), ("AA-", "AA-NRE-", "relative position embeddings"))
+def _with_attention(label: str) -> bool:
+    return label.startswith(AA) and not label.startswith(AA_NRE)
+
+
+# (what the difference measures, the label of the row a changed row is compared with, or None where the row is
+# not a changed row of that comparison)
+COMPARISONS = (
+    ("attention", lambda label: label[len(AA):] if _with_attention(label) else None),
+    ("relative position embeddings", lambda label: AA_NRE + label[len(AA):] if _with_attention(label) else None),
+    ("data augmentation", lambda label: None if label.endswith(NO_AUG) else label + NO_AUG),
+)
 
 
 def t_quantile_975(df: int) -> float:
@@ -118,10 +131,8 @@ def table_effects(rows: Sequence[Any], metric: str = "test_acc") -> list[Effect]
     by_label = {row.label: row for row in rows if getattr(row, "runs", None)}
     effects = []
     for row in rows:
-        for prefix, base_prefix, what in COMPARISONS:
-            if not row.label.startswith(prefix) or row.label.startswith("AA-NRE-") or row.label not in by_label:
-                continue
-            partner = by_label.get(base_prefix + row.label[len(prefix):])
+        for what, baseline_of in COMPARISONS:
+            partner = by_label.get(baseline_of(row.label) or "") if row.label in by_label else None
             if partner is None:
                 continue
             effects.append(paired_effect(row.label, partner.label, what, _seed_values(row, metric),

@@ -20,7 +20,9 @@ from aacn.models.wide_resnet import WideResNet
 _FULL_WIDTH = {cls.arch_family: inspect.signature(cls).parameters["base_width"].default
                for cls in (ResNet, WideResNet)}
 
-__all__ = ["model_label", "run_label"]
+__all__ = ["AA", "AA_NRE", "NO_AUG", "model_label", "run_label"]
+
+AA, AA_NRE, NO_AUG = "AA-", "AA-NRE-", " (no aug)"  # with attention; without relative embeddings; no augmentation
 
 
 def model_label(model: str, base_width: int | None = None) -> str:
@@ -54,7 +56,7 @@ def run_label(config: RunConfig | Mapping[str, Any]) -> str:
         config = RunConfig.from_dict(config)
     label = model_label(config.model, config.base_width)
     if config.attention != "none":
-        label = ("AA-" if config.relative else "AA-NRE-") + label
+        label = (AA if config.relative else AA_NRE) + label
     if not config.augment:
-        label += " (no aug)"
+        label += NO_AUG
     return label

@@ -36,6 +36,7 @@ from typing import Any
 
 from aacn.errors import UserError
 from aacn.experiments.effects import effects_markdown, table_effects
+from aacn.experiments.labels import AA, NO_AUG
 from aacn.experiments.presets import SCALE_NOTES, SCALES, TABLE2_PLACEMENTS, preset
 from aacn.experiments.rows import (
     METRICS,
@@ -279,7 +280,7 @@ def _summary(published: Published, tables: dict[str, tuple[list[_Table], list[Ru
                 f"{r.label} {_pct(r.stats['test_acc'])}" for r in rows)
             md.append(f"- {t.title}: {found}." + (f" Not run yet: {', '.join(missing)}." if missing else ""))
         plain = [r for t in tables[scale][0] for r in t.rows if r.runs and not r.runs[0].is_anchor
-                 and not r.label.startswith("AA-") and "(no aug)" not in r.label]
+                 and not r.label.startswith(AA) and NO_AUG not in r.label]
         for row in {r.label: r for r in plain if scale not in QUICK_SCALES}.values():  # a shared row once
             for anchor in anchors:
                 gap = _gap(row, anchor)
