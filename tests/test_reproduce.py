@@ -250,3 +250,22 @@ def test_estimates_count_the_images_of_the_datasets_entry(monkeypatch):
     assert estimate_seconds(OneSecondSteps(), cfg) == 2 * 9  # (1000 - 100) // 100 steps per epoch
     monkeypatch.setitem(DATASETS, "cifar10", dataclasses.replace(entry, images=None))
     assert estimate_seconds(OneSecondSteps(), cfg) is None  # unknown counts: no estimate, not CIFAR's
+
+
+def test_dry_run_prints_each_run_before_timing_the_next(tmp_path):
+    from aacn.experiments.estimate import Estimator
+    from aacn.experiments.reproduce import dry_run
+
+    events: list[str] = []
+
+    class Recording(Estimator):  # no real timing: records when each model would be timed
+        def per_step_and_image(self, config):
+            events.append(f"timed {config.model}")
+            return 0.01, 0.0
+
+    configs = [RunConfig(model=m, epochs=1, out=str(tmp_path / m)) for m in ("wrn-10-1", "wrn-10-2")]
+    plans = dry_run(configs, {c.out: c.model for c in configs}, "t", log=events.append, estimator=Recording())
+    assert [p.status for p in plans] == ["new", "new"]
+    assert [e.split(",")[0].split(": ")[0] for e in events[:5]] == [
+        "t", "timed wrn-10-1", "  1. wrn-10-1", "timed wrn-10-2", "  2. wrn-10-2"]
+    assert events[5].startswith("total: 0 finished, 2 to train")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -95,30 +96,32 @@ def train_all(configs: list[RunConfig], *, overwrite: bool = False, log: Any = p
 
 
 def plan_runs(configs: list[RunConfig], labels: dict[str, str], estimator: Estimator | None = None
-              ) -> list[RunPlan]:
+              ) -> Iterator[RunPlan]:
     """Where each run stands (finished, started, new) and, for the unfinished, the estimated training time on
-    this machine (:mod:`aacn.experiments.estimate`); a folder with other settings is refused as training would
-    refuse it."""
+    this machine (:mod:`aacn.experiments.estimate`), one run at a time; a folder with other settings is refused
+    (before any run is timed) as training would refuse it."""
     estimator = estimator if estimator is not None else Estimator()
-    plans = []
-    for config in configs:
-        run_dir = check_reuse(config)
+    run_dirs = [check_reuse(config) for config in configs]  # every folder checked before the slow timing
+    for config, run_dir in zip(configs, run_dirs, strict=True):
         label = labels[config.out]
         if run_dir.is_finished():
             recorded = run_dir.read_results().get("train_time_s")
-            plans.append(RunPlan(label, config, "finished", 0.0,
-                                 recorded if isinstance(recorded, (int, float)) else None))
+            yield RunPlan(label, config, "finished", 0.0, recorded if isinstance(recorded, (int, float)) else None)
             continue
         done = len(run_dir.read_metrics()) if run_dir.has_started() else 0
-        plans.append(RunPlan(label, config, "started" if run_dir.has_started() else "new",
-                             estimate_seconds(estimator, config, from_epoch=min(done, config.epochs))))
-    return plans
+        yield RunPlan(label, config, "started" if run_dir.has_started() else "new",
+                      estimate_seconds(estimator, config, from_epoch=min(done, config.epochs)))
 
 
-def dry_run(plans: list[RunPlan], title: str, log: Any = print) -> None:
-    """Print each run with its state or estimated time, then the totals; nothing trains."""
-    log(f"{title}: {len(plans)} runs (dry run: nothing trains; estimates timed on this machine, {load_average()})")
-    for i, plan in enumerate(plans, 1):
+def dry_run(configs: list[RunConfig], labels: dict[str, str], title: str, log: Any = print,
+            estimator: Estimator | None = None) -> list[RunPlan]:
+    """Print each run with its state or estimated time as soon as it is known (timing a model takes a while on
+    a busy machine), then the totals; nothing trains. Returns the plans."""
+    log(f"{title}: {len(configs)} runs (dry run: nothing trains; estimates timed on this machine, "
+        f"{load_average()})")
+    plans = []
+    for i, plan in enumerate(plan_runs(configs, labels, estimator), 1):
+        plans.append(plan)
         log(plan_line(i, plan))
     todo = [p for p in plans if p.status != "finished"]
     longest = max(todo, key=lambda p: p.seconds or 0.0, default=None)
@@ -127,6 +130,7 @@ def dry_run(plans: list[RunPlan], title: str, log: Any = print) -> None:
         f"{format_duration(sum(p.seconds or 0.0 for p in todo))}"
         + (f" (longest: {longest.label}, {format_duration(longest.seconds)})" if longest else "")
         + (f"; {unknown} run(s) without an estimate (their dataset's entry has no image counts)" if unknown else ""))
+    return plans
 
 
 def reproduce(
@@ -166,7 +170,7 @@ def reproduce(
     labels = {config.out: label for (label, _), config in zip(runs, configs, strict=True)}
     title = f"{table} ({scale} scale" + (f", {placement} placement)" if table == "table2" else ")")
     if dry_run_only:
-        dry_run(plan_runs(configs, labels), title, log)
+        dry_run(configs, labels, title, log)
         return None
     start = time.perf_counter()
     train_all(configs, overwrite=overwrite, log=log, heading=lambda i, c: (
