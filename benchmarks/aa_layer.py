@@ -6,6 +6,10 @@ For each grid size S (an S x S grid), each implementation runs forward + backwar
 ``plain`` is ``F.scaled_dot_product_attention`` on the same q, k, v (B, Nh, S*S, dkh/dvh) without relative
 logits: the floor any relative implementation is compared with (column ``t/plain``, wall time, and ``c/plain``,
 process CPU time, the steadier one where other jobs share the cores).
+``--layout channels`` gives ``relative_attention_2d`` q, k, v as views of channel-major ``(B, Nh, d, S, S)``
+storage, the layout :class:`~aacn.nn.aaconv.AAConv2d` hands it (no copy to the C++ kernel's heads); the default
+``heads`` gives contiguous ``(B, Nh, S, S, d)`` tensors. ``plain`` always gets contiguous ``(B, Nh, S*S, d)``
+copies, its own best layout.
 ``--study`` runs the attention shapes of the CPU study's AA-WRN-16-2 instead (B=128, Nh=1; 32x32 with dkh=6,
 dvh=3; 16x16 with 13, 6; 8x8 with 26, 13): tiny heads, where the exponentials dominate.
 
@@ -14,10 +18,13 @@ Memory
   minus the peak RSS of a baseline subprocess that only imports the same modules and allocates the same
   inputs ("extra peak"); both first run every impl once on a 2x2 grid so that one-off library set-up
   (autograd engine, kernel initialisation) is not counted.
-  By default every subprocess runs with ``MALLOC_MMAP_THRESHOLD_=131072``: glibc's
+  By default every memory subprocess runs with ``MALLOC_MMAP_THRESHOLD_=131072``: glibc's
   *dynamic* mmap threshold otherwise serves freed 128 KiB..32 MiB blocks from a heap it rarely returns, so RSS
   depends on the allocation history rather than on the tensors alive (``--glibc-dynamic-mmap`` measures that
-  default behaviour instead).
+  default behaviour instead). The timing subprocess keeps the environment's malloc settings, as training does:
+  with the static threshold every large temporary is a fresh mapping whose pages fault in on first touch, which
+  slows the implementations with more temporaries (the relative-logit tables and their gradients) and measures
+  the allocator rather than the attention.
   CUDA: ``torch.cuda.max_memory_allocated()`` minus the memory allocated for the inputs.
 Time
   One more fresh subprocess per size runs the implementations interleaved (one warm-up round, then
@@ -34,6 +41,7 @@ kernel over chunks) far more than ``reference``; use ``--threads 2`` on an idle 
     python benchmarks/aa_layer.py --sizes 64 --repeats 0   # memory growth at 64x64 (reference does not fit)
     python benchmarks/aa_layer.py --device cuda --sizes 8 16 32 64
     python benchmarks/aa_layer.py --study --impls cpu sdpa # tiny heads of AA-WRN-16-2 at batch 128
+    python benchmarks/aa_layer.py --sizes 16 32 --batch 8 --impls cpu --layout channels --threads 2
 """
 
 from __future__ import annotations
@@ -62,22 +70,32 @@ STUDY = [(32, 6, 3), (16, 13, 6), (8, 26, 13)]  # (S, dkh, dvh) of AA-WRN-16-2's
 
 
 def _inputs(cfg: dict, device: str) -> list[torch.Tensor]:
-    """q, k, v, rel_h, rel_w (leaf tensors with grad) and the output gradient, seeded."""
+    """q, k, v, rel_h, rel_w (leaf tensors with grad; q, k, v in ``cfg["layout"]``), the output gradient, and
+    contiguous (B, Nh, S*S, d) leaf copies of q, k, v for ``plain``; seeded."""
     gen = torch.Generator(device=device).manual_seed(0)
     b, nh, s, dkh, dvh = cfg["batch"], cfg["heads"], cfg["size"], cfg["dkh"], cfg["dvh"]
     dtype = getattr(torch, cfg["dtype"])
-    shapes = [(b, nh, s, s, dkh), (b, nh, s, s, dkh), (b, nh, s, s, dvh), (2 * s - 1, dkh), (2 * s - 1, dkh)]
-    tensors = [torch.randn(sh, generator=gen, device=device, dtype=dtype).requires_grad_() for sh in shapes]
-    return tensors + [torch.randn(b, nh, s, s, dvh, generator=gen, device=device, dtype=dtype)]
+
+    def head(d: int) -> torch.Tensor:
+        if cfg.get("layout", "heads") == "channels":  # a (B, Nh, S, S, d) view of (B, Nh, d, S, S) storage
+            t = torch.randn(b, nh, d, s, s, generator=gen, device=device, dtype=dtype).permute(0, 1, 3, 4, 2)
+        else:
+            t = torch.randn(b, nh, s, s, d, generator=gen, device=device, dtype=dtype)
+        return t.requires_grad_()
+
+    tensors = [head(dkh), head(dkh), head(dvh)] + [
+        torch.randn(2 * s - 1, dkh, generator=gen, device=device, dtype=dtype).requires_grad_() for _ in range(2)]
+    grad_out = torch.randn(b, nh, s, s, dvh, generator=gen, device=device, dtype=dtype)
+    plain = [t.detach().flatten(2, 3).contiguous().requires_grad_() for t in tensors[:3]]
+    return [*tensors, grad_out, *plain]
 
 
 def _step(impl: str, tensors: list[torch.Tensor]) -> None:
-    *inputs, grad_out = tensors
-    for t in inputs:
+    inputs, grad_out, plain = tensors[:5], tensors[5], tensors[6:]
+    for t in inputs + plain:
         t.grad = None
     if impl == PLAIN:
-        q, k, v = (t.flatten(2, 3) for t in inputs[:3])
-        F.scaled_dot_product_attention(q, k, v).backward(grad_out.flatten(2, 3))
+        F.scaled_dot_product_attention(*plain).backward(grad_out.flatten(2, 3))
         return
     relative_attention_2d(*inputs, impl=impl).backward(grad_out)
 
@@ -137,8 +155,10 @@ def worker(cfg: dict) -> dict:
 
 
 def _run_subprocess(cfg: dict, dynamic_mmap: bool) -> dict:
+    """Runs one worker job in a fresh process; memory jobs with the static mmap threshold unless
+    ``dynamic_mmap``, timing jobs with the environment's malloc settings."""
     env = dict(os.environ)
-    if not dynamic_mmap:
+    if not dynamic_mmap and cfg["job"] == "memory":
         env["MALLOC_MMAP_THRESHOLD_"] = MMAP_THRESHOLD
     proc = subprocess.run(
         [sys.executable, __file__, "--worker", json.dumps(cfg)], capture_output=True, text=True, env=env, check=False
@@ -231,9 +251,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads (default: 1 on CPU, steady on a shared machine)"
     )
+    parser.add_argument("--layout", default="heads", choices=["heads", "channels"],
+                        help="q, k, v as contiguous (B, Nh, S, S, d) tensors (heads) or as views of channel-major "
+                             "(B, Nh, d, S, S) storage, AAConv2d's layout (channels)")
     parser.add_argument("--study", action="store_true",
                         help="AA-WRN-16-2's shapes: B=128, Nh=1, (S, dkh, dvh) in " + str(STUDY))
-    parser.add_argument("--glibc-dynamic-mmap", action="store_true", help="keep glibc's default malloc behaviour")
+    parser.add_argument("--glibc-dynamic-mmap", action="store_true",
+                        help="memory: keep glibc's default malloc behaviour (timing always does)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -255,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         args.batch, args.heads, shapes = 128, 1, STUDY
     base_cfg = dict(
         batch=args.batch, heads=args.heads, dkh=args.dkh, dvh=args.dvh, dtype=dtype, repeats=args.repeats,
-        max_seconds=args.max_seconds, threads=args.threads,
+        max_seconds=args.max_seconds, threads=args.threads, layout=args.layout,
     )
     rows = []
     for size, dkh, dvh in shapes:
@@ -277,9 +301,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  S={size} {impl}: {rows[-1]}", file=sys.stderr, flush=True)
     threads = torch.get_num_threads()
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu"
-    malloc = "glibc dynamic mmap threshold" if args.glibc_dynamic_mmap else f"MALLOC_MMAP_THRESHOLD_={MMAP_THRESHOLD}"
+    malloc = ("glibc dynamic mmap threshold" if args.glibc_dynamic_mmap
+              else f"memory with MALLOC_MMAP_THRESHOLD_={MMAP_THRESHOLD}, timing with the default malloc")
     heads = "dkh, dvh per row" if args.study else f"dkh={args.dkh} dvh={args.dvh}"
-    print(f"\nrelative_attention_2d fwd+bwd, B={args.batch} Nh={args.heads} {heads} {dtype}, "
+    print(f"\nrelative_attention_2d fwd+bwd, B={args.batch} Nh={args.heads} {heads} {dtype}, {args.layout} layout, "
           f"{args.device} ({device_name}, {os.cpu_count()} cores, {threads} threads, {malloc})")
     print(f"{'S':>4} {'dkh':>4} {'dvh':>4} {'impl':>10} {'wall s':>8} {'cpu s':>8} {'extra MB':>9} {'time/ref':>8} "
           f"{'mem/ref':>8} {'t/plain':>8} {'c/plain':>8}  auto  note")

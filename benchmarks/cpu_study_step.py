@@ -15,6 +15,7 @@ writes JSON (default ``benchmarks/results/cpu_study_step.json``).
 
     python benchmarks/cpu_study_step.py                   # WRN-16-2 and ResNet-34 (1/4 width), batch 128
     python benchmarks/cpu_study_step.py --batch 32 --rounds 5
+    python benchmarks/cpu_study_step.py --models AA-WRN-16-2 --variants aa-cpu --threads 2
 """
 
 from __future__ import annotations
@@ -67,15 +68,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--batch", type=int, default=None, help="batch (default: the preset's, 128)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds; the best is kept")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
+                   help="which variants to time (plain and floor are always timed: the ratios need them)")
+    p.add_argument("--models", nargs="+", default=None, help="preset labels to time (default: all), e.g. AA-WRN-16-2")
     p.add_argument("--out", default="benchmarks/results/cpu_study_step.json")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     load_before = os.getloadavg()[0]
+    configs = study_configs()
+    unknown = sorted(set(args.models or []) - set(configs))
+    if unknown:
+        p.error(f"--models: unknown label(s) {', '.join(unknown)}; choose from {', '.join(configs)}")
+    variants = {n: v for n, v in VARIANTS.items() if n in {*args.variants, "plain", "floor"}}
     rows = []
-    for label, config in study_configs().items():
+    for label, config in configs.items():
+        if args.models and label not in args.models:
+            continue
         batch = args.batch or config.batch_size
-        steps = {name: step_fn(config, variant, batch) for name, variant in VARIANTS.items()}
+        steps = {name: step_fn(config, variant, batch) for name, variant in variants.items()}
         best = {name: float("inf") for name in steps}
         for _ in range(args.rounds):
             for name, step in steps.items():
@@ -84,11 +95,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 best[name] = min(best[name], time.perf_counter() - start)
         row = {"model": label, "batch": batch, "threads": torch.get_num_threads(), "seconds": best,
                "vs_plain": {n: best[n] / best["plain"] for n in best},
-               "aa_cpu_vs_floor": best["aa-cpu"] / best["floor"]}
+               "aa_cpu_vs_floor": best["aa-cpu"] / best["floor"] if "aa-cpu" in best else None}
         rows.append(row)
         print(f"{label} (batch {batch}, {row['threads']} threads): "
               + ", ".join(f"{n} {best[n]:.3f} s ({row['vs_plain'][n]:.2f}x)" for n in best)
-              + f"; AA with the kernel / floor {row['aa_cpu_vs_floor']:.2f}x")
+              + (f"; AA with the kernel / floor {row['aa_cpu_vs_floor']:.2f}x" if "aa-cpu" in best else ""))
     return save_result({"benchmark": "cpu_study_step", "rows": rows}, args.out, load_before)
 
 
