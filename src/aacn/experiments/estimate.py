@@ -6,8 +6,11 @@ and a few evaluation batches on random CIFAR-size images, and scales them to the
 steps of an epoch plus the per-epoch validation, then the final evaluation of the train, validation and test
 splits. Models with the same architecture and batch are timed once (:class:`Estimator` caches them).
 
-Such an estimate is as good as the machine is quiet: other load (another training, a test suite) slows the
-timed steps and the run alike, so both are said with the load average at the time.
+Such an estimate is as good as the machine is quiet. On the CPU, where other load (another training, a test
+suite) leaves a timed step less than two thirds of its threads' time, the step's process CPU time per thread
+stands in for its wall time: nearer what the step costs on idle cores than what the load made of it, though
+still high (a thread spinning while it waits for a descheduled one is counted). :attr:`Estimator.busy` says
+when that happened, and the dry run says it with the load average.
 """
 
 from __future__ import annotations
@@ -46,12 +49,16 @@ def load_average() -> str:
         return ""
 
 
+BUSY_FACTOR = 1.5  # wall time over this many times the CPU time per thread: the machine was busy
+
+
 @dataclass
 class Estimator:
     """Times each distinct (architecture, batch, device) once; ``steps`` timed training steps after one warm-up."""
 
     steps: int = 2
     cache: dict[str, tuple[float, float]] = field(default_factory=dict)
+    busy: bool = False  # some timing stood in CPU time per thread for wall time (the machine was busy)
 
     def per_step_and_image(self, config: RunConfig) -> tuple[float, float]:
         """Seconds of one training step of ``config.batch_size`` images, and of evaluating one image."""
@@ -76,25 +83,31 @@ class Estimator:
             F.cross_entropy(model(images), labels).backward()
             optimizer.step()
 
-        step_time = _best_time(step, self.steps, device)
+        step_time = self._best_time(step, device)
         model.eval()
         with torch.no_grad():
-            eval_time = _best_time(lambda: model(images), self.steps, device)
+            eval_time = self._best_time(lambda: model(images), device)
         return step_time, eval_time / config.batch_size
 
-
-def _best_time(fn: Any, repeats: int, device: torch.device) -> float:
-    fn()  # warm-up
-    best = float("inf")
-    for _ in range(max(1, repeats)):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        best = min(best, time.perf_counter() - start)
-    return best
+    def _best_time(self, fn: Any, device: torch.device) -> float:
+        """Best of ``steps`` calls after a warm-up: wall seconds, or on a busy CPU the CPU seconds per thread."""
+        fn()  # warm-up
+        best = float("inf")
+        for _ in range(max(1, self.steps)):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start, cpu_start = time.perf_counter(), time.process_time()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            wall = time.perf_counter() - start
+            if device.type == "cpu":
+                per_thread = (time.process_time() - cpu_start) / torch.get_num_threads()
+                if wall > BUSY_FACTOR * per_thread:  # descheduled for over a third of the time: use CPU time
+                    wall = per_thread
+                    self.busy = True
+            best = min(best, wall)
+        return best
 
 
 @dataclass(frozen=True)

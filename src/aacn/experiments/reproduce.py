@@ -117,6 +117,7 @@ def dry_run(configs: list[RunConfig], labels: dict[str, str], title: str, log: A
             estimator: Estimator | None = None) -> list[RunPlan]:
     """Print each run with its state or estimated time as soon as it is known (timing a model takes a while on
     a busy machine), then the totals; nothing trains. Returns the plans."""
+    estimator = estimator if estimator is not None else Estimator()
     log(f"{title}: {len(configs)} runs (dry run: nothing trains; estimates timed on this machine, "
         f"{load_average()})")
     plans = []
@@ -130,6 +131,9 @@ def dry_run(configs: list[RunConfig], labels: dict[str, str], title: str, log: A
         f"{format_duration(sum(p.seconds or 0.0 for p in todo))}"
         + (f" (longest: {longest.label}, {format_duration(longest.seconds)})" if longest else "")
         + (f"; {unknown} run(s) without an estimate (their dataset's entry has no image counts)" if unknown else ""))
+    if estimator.busy:
+        log(f"the machine was busy while timing ({load_average()}): estimates use CPU time per thread, nearer "
+            "what the runs take on idle cores than the wall time but still high; time on a quiet machine")
     return plans
 
 
