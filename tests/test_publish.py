@@ -95,7 +95,9 @@ def test_publish_writes_every_table_with_rows_anchors_curves_and_provenance(resu
     assert "not run yet" in row(md, "paper placement", "AA-ResNet-34 (1/8 width)")
     summary = md.split("## Summary", 1)[1].split("\n## ", 1)[0]  # the answer first, before any table
     assert "**`smoke` scale** (5,000 training images" in summary and md.index("## Summary") < md.index("| Model")
-    assert "attention (AA-ResNet-34 (1/8 width) − ResNet-34 (1/8 width)): +5.50 points from one seed" in summary
+    # the table's one comparison is its subject, so it is not named twice
+    assert ("- Table 2: attention augmentation, seed placement (CIFAR-10): AA-ResNet-34 (1/8 width) − ResNet-34 "
+            "(1/8 width): +5.50 points from one seed" in summary)
     assert "points below it" not in summary  # a pipeline check is not set against the anchor
     anchor = row(md, t1, "airbench94 (anchor)")
     assert "93.00" in anchor and "94.00" in anchor

@@ -275,7 +275,12 @@ def _summary(published: Published, tables: dict[str, tuple[list[_Table], list[Ru
             if not rows:
                 continue
             missing = [r.label for r in t.rows if not r.runs]
-            effects = [f"{e.what} ({e.changed} − {e.baseline}): {e.verdict}" for e in table_effects(rows)]
+            found_effects = table_effects(rows)
+            # a table whose one comparison is its title's subject (Table 1: augmentation) names it once
+            named = len({e.what for e in found_effects}) > 1 or not all(
+                e.what in t.title for e in found_effects)
+            effects = [(f"{e.what} ({e.changed} − {e.baseline})" if named else f"{e.changed} − {e.baseline}")
+                       + f": {e.verdict}" for e in found_effects]
             found = "; ".join(effects) if effects else "; ".join(
                 f"{r.label} {_pct(r.stats['test_acc'])}" for r in rows)
             md.append(f"- {t.title}: {found}." + (f" Not run yet: {', '.join(missing)}." if missing else ""))
