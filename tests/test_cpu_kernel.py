@@ -120,8 +120,8 @@ def test_operators_pass_opcheck(dtype, tables):
     q, k = (torch.randn(b, nh, dkh, h * w, generator=gen).to(dtype).requires_grad_() for _ in range(2))
     v = torch.randn(b, nh, h * w, dvh, generator=gen).to(dtype).transpose(-1, -2).requires_grad_()  # strided
     rd = RA.softmax_dtype(dtype)
-    rh = torch.randn(b, nh, h * w, h, generator=gen, dtype=rd).requires_grad_() if tables != "none" else None
-    rw = torch.randn(b, nh, h * w, w, generator=gen, dtype=rd).requires_grad_() if tables == "both" else None
+    rh = torch.randn(2 * h - 1, dkh, generator=gen, dtype=rd).requires_grad_() if tables != "none" else None
+    rw = torch.randn(2 * w - 1, dkh, generator=gen, dtype=rd).requires_grad_() if tables == "both" else None
     op, backward = torch.ops.aacn.relative_attention_cpu, torch.ops.aacn.relative_attention_cpu_backward
     torch.library.opcheck(op, (q, k, v, rh, rw, 0.5, h, w))
     out, lse = op(q, k, v, rh, rw, 0.5, h, w)

@@ -4,19 +4,29 @@
 // the guarantees. Per (batch x head) pair with N = H*W positions, the tensors are
 //   q, k (D, N), v (DV, N), out (DV, N)  -- channel-major: the key index is the contiguous one, so every inner
 //                                           loop runs over keys with full SIMD vectors whatever D and DV are;
-//   rh (N, H), rw (N, W)                 -- compact relative logits rh[i, x'] = q_i . r^H_(x'-x), likewise rw;
-//   lse (N)                              -- log-sum-exp of each query's scaled logits.
-// The scaled logit of query i and key j = (x', y') is  s_ij = scale * (q_i . k_j + rh[i, x'] + rw[i, y']).
+//   lse (N)                              -- log-sum-exp of each query's scaled logits;
+// and, shared by every pair, the relative embeddings
+//   rel_h (2H-1, D), rel_w (2W-1, D)     -- row m holds r^H_(m-H+1) (offsets -(H-1) .. H-1), likewise r^W.
+// The scaled logit of query i = (x, y) and key j = (x', y') is
+//   s_ij = scale * (q_i . k_j + rh[i, x'] + rw[i, y']),  rh[i, x'] = q_i . r^H_(x'-x),  rw[i, y'] = q_i . r^W_(y'-y).
+// The compact relative logits rh[i, .] (H values) and rw[i, .] (W values) are computed per query inside the loop,
+// from a transposed copy (D, 2H-1) of rel_h whose H columns H-1-x .. 2H-2-x are exactly query row x's offsets:
+// D vector FMAs per query and table, vectorised over x', and nothing of size B*Nh*HW*(H+W) in memory.
 // The kernel keeps it in base 2, s2_ij = log2(e) s_ij (log2(e) folded into the scale), so every probability is
 // one exp2: p_ij = 2^(s2_ij - max_j s2_ij) = e^(s_ij - max_j s_ij); lse is saved in natural units.
 //
-// Forward, per query: the row s_i. (N values, per-thread scratch) is written as the bias rh + rw broadcast over
-// the key grid plus sum_d q_di k_d. (one FMA per key vector and depth), then its max, exp and sum, and
+// Forward, per query: the row s_i. (N values, per-thread scratch) is written as the bias rh[i, .] + rw[i, .]
+// broadcast over the key grid plus sum_d q_di k_d. (one FMA per key vector and depth), then its max, exp and sum, and
 // out_.i = sum_j p_ij v_.j / l_i. Two passes over a row that stays in L1/L2; nothing (HW)^2-sized.
 // Backward (FlashAttention-2 style, from the saved lse), per pair, per block of queries: recompute p_ij,
 // dp_ij = dO_.i . v_.j, ds_ij = scale * p_ij (dp_ij - delta_i) with delta_i = dO_.i . out_.i; then dq_.i = ds_i. K^T,
 // d rh[i, x'] = sum_y' ds_i(x',y'), d rw[i, y'] = sum_x' ds_i(x',y'), and per block dV += dO P^T, dK += Q dS^T.
-// A pair's dK/dV rows are written by one thread only: no atomics, deterministic for any thread count.
+// The relative terms then add sum_x' d rh[i, x'] r^H_(x'-x) (and the same for W) to dq_.i; the pair's d rh (N, H)
+// and d rw (N, W) are kept, and after the pair the embeddings' gradients gain d rh[i, x'] q_.i at offset x'-x, as
+// one small GEMM per key row (per key column for W). Pairs are split into a fixed number of groups (kGroups,
+// independent of the thread count), each group's embedding gradients are summed in its own buffer and the buffers
+// are added in group order, and a pair's dK/dV rows are written by one thread only: no atomics, deterministic for
+// any thread count.
 //
 // float and double only (the Python side converts bf16/fp16 to float); exp2 is a ~2 ulp polynomial for float
 // on AVX-512/AVX2 and SLEEF's 1-ulp exp2 otherwise (double: always SLEEF or std::exp2).
@@ -124,8 +134,10 @@ struct Kernel {
   const T* q;
   const T* k;
   const T* v;
-  const T* rh;  // nullptr when absent
-  const T* rw;
+  const T* rel_h;   // (2H-1, D) embeddings, nullptr when absent
+  const T* rel_w;   // (2W-1, D)
+  const T* rel_ht;  // (D, 2H-1): rel_h transposed, for the forward's rows of rh
+  const T* rel_wt;  // (D, 2W-1)
   int64_t P, N, D, DV, H, W, Npad;  // Npad: N rounded up to 2 vectors (length of scratch rows)
   T scale;   // softmax scale (the gradient of a natural-units logit)
   T scale2;  // scale * log2(e): logits are kept in base 2, p = 2^(s2 - max) = e^(s - max)
@@ -272,26 +284,49 @@ struct Kernel {
     }
   }
 
+  // sum_k c[k] * M[k * ldm + 0:cnt) for k < K, as one vector: four independent FMA chains (a single chain would
+  // wait on each FMA's latency).
+  static inline Vec combine(const T* c, const T* M, int64_t ldm, int64_t K, int64_t cnt) {
+    Vec a0(T(0)), a1(T(0)), a2(T(0)), a3(T(0));
+    int64_t kk = 0;
+    for (; kk + 4 <= K; kk += 4) {
+      a0 = at::vec::fmadd(Vec(c[kk]), load(M + kk * ldm, cnt), a0);
+      a1 = at::vec::fmadd(Vec(c[kk + 1]), load(M + (kk + 1) * ldm, cnt), a1);
+      a2 = at::vec::fmadd(Vec(c[kk + 2]), load(M + (kk + 2) * ldm, cnt), a2);
+      a3 = at::vec::fmadd(Vec(c[kk + 3]), load(M + (kk + 3) * ldm, cnt), a3);
+    }
+    for (; kk < K; ++kk) a0 = at::vec::fmadd(Vec(c[kk]), load(M + kk * ldm, cnt), a0);
+    return (a0 + a1) + (a2 + a3);
+  }
+
+  // out[0:L) = sum_d c[d] * tt[d * ld + 0:L): one query's compact relative logits from the transposed
+  // embeddings (tt already offset to the query's first column), vectorised over the L outputs.
+  static inline void relative_row(T* out, const T* c, const T* tt, int64_t ld, int64_t D, int64_t L) {
+    for (int64_t l = 0; l < L; l += VL) {
+      const int64_t cnt = std::min<int64_t>(VL, L - l);
+      store(out + l, combine(c, tt + l, ld, D, cnt), cnt);
+    }
+  }
+
   // Rows s[iq] (iq < nq, stride Npad) = scaled logits of queries i0 + iq of pair p; lanes >= N are -inf.
-  // coef: scratch of nq * D values; rw_row: scratch of W values.
-  void logits(int64_t p, int64_t i0, int64_t nq, T* s, T* coef, T* rw_row) const {
+  // coef: scratch of nq * D values; rh_row, rw_row: scratch of H + VL and W + VL values.
+  void logits(int64_t p, int64_t i0, int64_t nq, T* s, T* coef, T* rh_row, T* rw_row) const {
     const T* qp = q + p * D * N;
-    const bool bias = rh != nullptr || rw != nullptr;
+    const bool bias = rel_h != nullptr || rel_w != nullptr;
     for (int64_t iq = 0; iq < nq; ++iq) {
-      const int64_t i = i0 + iq;
-      for (int64_t d = 0; d < D; ++d) coef[iq * D + d] = scale2 * qp[d * N + i];
+      const int64_t i = i0 + iq, x = i / W, y = i % W;
+      T* c = coef + iq * D;
+      for (int64_t d = 0; d < D; ++d) c[d] = scale2 * qp[d * N + i];
       if (!bias) continue;
+      // base-2 scaled compact relative logits of this query: rh_row[x'] for key rows, rw_row[y'] for key columns
+      if (rel_h != nullptr) relative_row(rh_row, c, rel_ht + (H - 1 - x), 2 * H - 1, D, H);
+      if (rel_w != nullptr) relative_row(rw_row, c, rel_wt + (W - 1 - y), 2 * W - 1, D, W);
       T* row = s + iq * Npad;
-      const T* rhi = rh != nullptr ? rh + (p * N + i) * H : nullptr;
-      if (rw != nullptr) {
-        const T* rwi = rw + (p * N + i) * W;
-        for (int64_t y = 0; y < W; ++y) rw_row[y] = scale2 * rwi[y];
-      }
-      for (int64_t x = 0; x < H; ++x) {
-        const Vec bh(rhi != nullptr ? scale2 * rhi[x] : T(0));
-        for (int64_t y = 0; y < W; y += VL) {
-          const int64_t cnt = std::min<int64_t>(VL, W - y);
-          store(row + x * W + y, rw != nullptr ? bh + load(rw_row + y, cnt) : bh, cnt);
+      for (int64_t xk = 0; xk < H; ++xk) {
+        const Vec bh(rel_h != nullptr ? rh_row[xk] : T(0));
+        for (int64_t yk = 0; yk < W; yk += VL) {
+          const int64_t cnt = std::min<int64_t>(VL, W - yk);
+          store(row + xk * W + yk, rel_w != nullptr ? bh + load(rw_row + yk, cnt) : bh, cnt);
         }
       }
     }
@@ -305,14 +340,15 @@ struct Kernel {
     constexpr int64_t kBlock = 16;  // queries per parallel task and per logits() call
     const int64_t blocks = (N + kBlock - 1) / kBlock;
     at::parallel_for(0, P * blocks, 1, [&](int64_t begin, int64_t end) {
-      std::vector<T> scratch(kBlock * Npad + kBlock * D + 2 * kBlock + W + VL);
+      std::vector<T> scratch(kBlock * Npad + kBlock * D + kBlock + H + W + 2 * VL);
       T* s = scratch.data();
       T* coef = s + kBlock * Npad;
       T* inv = coef + kBlock * D;
-      T* rw_row = inv + kBlock;
+      T* rh_row = inv + kBlock;
+      T* rw_row = rh_row + H + VL;
       for (int64_t task = begin; task < end; ++task) {
         const int64_t p = task / blocks, i0 = (task % blocks) * kBlock, nq = std::min(kBlock, N - i0);
-        logits(p, i0, nq, s, coef, rw_row);
+        logits(p, i0, nq, s, coef, rh_row, rw_row);
         for (int64_t iq = 0; iq < nq; ++iq) {
           T* row = s + iq * Npad;
           Vec mv(-std::numeric_limits<T>::infinity());
@@ -334,47 +370,97 @@ struct Kernel {
     });
   }
 
-  void backward(const T* dout, const T* out, const T* lse, T* dq, T* dk, T* dv, T* drh, T* drw) const {
+  // The relative terms' share of query i's dq: dqr[0:D) = sum_x' drh[x'] r^H_(x'-x) + sum_y' drw[y'] r^W_(y'-y),
+  // from d rh[i, .] (drh, H values) and d rw[i, .] (drw, W values).
+  void relative_dq(int64_t i, const T* drh, const T* drw, T* dqr) const {
+    const int64_t x = i / W, y = i % W;
+    const T* hrow = rel_h != nullptr ? rel_h + (H - 1 - x) * D : nullptr;  // r^H_(x'-x) for x' = 0
+    const T* wrow = rel_w != nullptr ? rel_w + (W - 1 - y) * D : nullptr;
+    for (int64_t c = 0; c < D; c += VL) {
+      const int64_t cnt = std::min<int64_t>(VL, D - c);
+      Vec acc(T(0));
+      if (hrow != nullptr) acc = acc + combine(drh, hrow + c, D, H, cnt);
+      if (wrow != nullptr) acc = acc + combine(drw, wrow + c, D, W, cnt);
+      store(dqr + c, acc, cnt);
+    }
+  }
+
+  // The embeddings' gradients from one pair, added to the transposed group buffers gh (D, 2H-1) and gw
+  // (D, 2W-1): column x'-x+H-1 of gh gains sum_y q_.(x,y) d rh[(x,y), x'] -- per key row x one small GEMM of
+  // q's (D, W) block with the (W, H) block of d rh -- and likewise gw per key column y. drh: (N, H), drw: (N, W).
+  void relative_table_grads(int64_t p, const T* drh, const T* drw, T* gh, T* gw) const {
+    const T* qp = q + p * D * N;
+    if (gh != nullptr) {
+      for (int64_t x = 0; x < H; ++x) {
+        gemm(gh + (H - 1 - x), 2 * H - 1, true, false, qp + x * W, N, 1, drh + x * W * H, H, W, D, H);
+      }
+    }
+    if (gw != nullptr) {
+      for (int64_t y = 0; y < W; ++y) {
+        gemm(gw + (W - 1 - y), 2 * W - 1, true, false, qp + y, N, W, drw + y * W, W * W, H, D, W);
+      }
+    }
+  }
+
+  // Pairs are processed in kGroups fixed groups (fewer when P is smaller): each group sums its embedding
+  // gradients in its own buffer, so the result does not depend on how groups are spread over threads.
+  static constexpr int64_t kGroups = 64;
+  int64_t groups() const { return std::min<int64_t>(P, kGroups); }
+
+  // drel_h, drel_w: groups() zeroed buffers of D * (2H-1) and D * (2W-1) values, the embeddings' gradients
+  // transposed (nullptr for an absent table); the caller adds them in group order.
+  void backward(const T* dout, const T* out, const T* lse, T* dq, T* dk, T* dv, T* drel_h, T* drel_w) const {
     constexpr int64_t kBlock = 16;  // queries whose rows are kept for the dK/dV updates
-    at::parallel_for(0, P, 1, [&](int64_t begin, int64_t end) {
-      std::vector<T> scratch(2 * kBlock * Npad + kBlock * (D + DV + 2) + 2 * W + 2 * VL);
+    const int64_t G = groups();
+    const bool rel = rel_h != nullptr || rel_w != nullptr;
+    at::parallel_for(0, G, 1, [&](int64_t gbegin, int64_t gend) {
+      std::vector<T> scratch(2 * kBlock * Npad + kBlock * (2 * D + DV + 1) + (N + 1) * (H + W) + 4 * VL);
       T* pbuf = scratch.data();
       T* dsbuf = pbuf + kBlock * Npad;
       T* coef = dsbuf + kBlock * Npad;
-      T* go = coef + kBlock * D;       // (kBlock, DV): dO of the block's queries
+      T* dqrel = coef + kBlock * D;    // (kBlock, D): the relative part of dq
+      T* go = dqrel + kBlock * D;      // (kBlock, DV): dO of the block's queries
       T* ones = go + kBlock * DV;
-      T* rw_row = ones + kBlock;
-      T* drw_row = rw_row + W + VL;
+      T* rh_row = ones + kBlock;
+      T* rw_row = rh_row + H + VL;
+      T* drh = rw_row + W + VL;  // (N, H): d rh of every query of the pair
+      T* drw = drh + N * H;      // (N, W)
       std::fill(ones, ones + kBlock, T(1));
-      for (int64_t p = begin; p < end; ++p) {
-        const T* qp = q + p * D * N;
-        const T* vp = v + p * DV * N;
-        const T* gp = dout + p * DV * N;
-        const T* op = out + p * DV * N;
-        for (int64_t i0 = 0; i0 < N; i0 += kBlock) {
-          const int64_t nq = std::min(kBlock, N - i0);
-          logits(p, i0, nq, pbuf, coef, rw_row);
-          for (int64_t iq = 0; iq < nq; ++iq) {
-            const Vec lb(lse[p * N + i0 + iq] * T(kLog2e));
-            T* row = pbuf + iq * Npad;
-            for (int64_t j = 0; j < Npad; j += VL) vexp2<T>(Vec::loadu(row + j) - lb).store(row + j);
-            for (int64_t c = 0; c < DV; ++c) go[iq * DV + c] = gp[c * N + i0 + iq];
-          }
-          gemm(dsbuf, Npad, false, true, go, DV, 1, vp, N, DV, nq, N);  // dP (zero at lanes >= N)
-          const Vec sb(scale);
-          for (int64_t iq = 0; iq < nq; ++iq) {
-            const int64_t i = i0 + iq;
-            T delta = 0;
-            for (int64_t c = 0; c < DV; ++c) delta += go[iq * DV + c] * op[c * N + i];
-            const Vec db(delta);
-            T* ds = dsbuf + iq * Npad;
-            const T* pr = pbuf + iq * Npad;
-            for (int64_t j = 0; j < Npad; j += VL) {
-              (sb * Vec::loadu(pr + j) * (Vec::loadu(ds + j) - db)).store(ds + j);
+      for (int64_t g = gbegin; g < gend; ++g) {
+        T* gh = drel_h != nullptr ? drel_h + g * D * (2 * H - 1) : nullptr;
+        T* gw = drel_w != nullptr ? drel_w + g * D * (2 * W - 1) : nullptr;
+        for (int64_t p = g * P / G; p < (g + 1) * P / G; ++p) {
+          const T* qp = q + p * D * N;
+          const T* vp = v + p * DV * N;
+          const T* gp = dout + p * DV * N;
+          const T* op = out + p * DV * N;
+          for (int64_t i0 = 0; i0 < N; i0 += kBlock) {
+            const int64_t nq = std::min(kBlock, N - i0);
+            logits(p, i0, nq, pbuf, coef, rh_row, rw_row);
+            for (int64_t iq = 0; iq < nq; ++iq) {
+              const Vec lb(lse[p * N + i0 + iq] * T(kLog2e));
+              T* row = pbuf + iq * Npad;
+              for (int64_t j = 0; j < Npad; j += VL) vexp2<T>(Vec::loadu(row + j) - lb).store(row + j);
+              for (int64_t c = 0; c < DV; ++c) go[iq * DV + c] = gp[c * N + i0 + iq];
             }
-            if (drh != nullptr || drw != nullptr) {
-              if (drw != nullptr) std::fill(drw_row, drw_row + W, T(0));
-              // drh: sums over each key row x (16 rows reduced together with 512-bit vectors); drw: over rows
+            gemm(dsbuf, Npad, false, true, go, DV, 1, vp, N, DV, nq, N);  // dP (zero at lanes >= N)
+            const Vec sb(scale);
+            for (int64_t iq = 0; iq < nq; ++iq) {
+              const int64_t i = i0 + iq;
+              T delta = 0;
+              for (int64_t c = 0; c < DV; ++c) delta += go[iq * DV + c] * op[c * N + i];
+              const Vec db(delta);
+              T* ds = dsbuf + iq * Npad;
+              const T* pr = pbuf + iq * Npad;
+              for (int64_t j = 0; j < Npad; j += VL) {
+                (sb * Vec::loadu(pr + j) * (Vec::loadu(ds + j) - db)).store(ds + j);
+              }
+              if (!rel) continue;
+              // d rh[i, x'] = sums over each key row x' (16 rows reduced together with 512-bit vectors);
+              // d rw[i, y'] = sums over the key rows
+              T* drw_row = drw + i * W;
+              T* drh_row = drh + i * H;
+              if (rel_w != nullptr) std::fill(drw_row, drw_row + W, T(0));
               for (int64_t x0 = 0; x0 < H; x0 += 16) {
                 const int64_t nx = std::min<int64_t>(16, H - x0);
                 Vec acc[16];
@@ -385,26 +471,32 @@ struct Kernel {
                     const int64_t cnt = std::min<int64_t>(VL, W - y);
                     const Vec r = load(dsx + y, cnt);
                     acc[xx] = acc[xx] + r;
-                    if (drw != nullptr) store(drw_row + y, load(drw_row + y, cnt) + r, cnt);
+                    if (rel_w != nullptr) store(drw_row + y, load(drw_row + y, cnt) + r, cnt);
                   }
                 }
-                if (drh == nullptr) continue;
-                T* drhi = drh + (p * N + i) * H + x0;
+                if (rel_h == nullptr) continue;
                 if constexpr (kWide) {
                   T sums[16];
                   hsum16<T>(acc, sums);
-                  std::copy(sums, sums + nx, drhi);
+                  std::copy(sums, sums + nx, drh_row + x0);
                 } else {
-                  for (int64_t xx = 0; xx < nx; ++xx) drhi[xx] = hsum(acc[xx]);
+                  for (int64_t xx = 0; xx < nx; ++xx) drh_row[x0 + xx] = hsum(acc[xx]);
                 }
               }
-              if (drw != nullptr) std::copy(drw_row, drw_row + W, drw + (p * N + i) * W);
+              relative_dq(i, drh_row, drw_row, dqrel + iq * D);
             }
+            T* dqp = dq + p * D * N + i0;
+            dots(dsbuf, Npad, k + p * D * N, N, D, nq, N, ones, dqp, 1, N);
+            if (rel) {
+              for (int64_t d = 0; d < D; ++d) {
+                for (int64_t iq = 0; iq < nq; ++iq) dqp[d * N + iq] += dqrel[iq * D + d];
+              }
+            }
+            // dV[c, :] += sum_iq P[iq, :] dO[c, i0 + iq];  dK[d, :] += sum_iq dS[iq, :] q[d, i0 + iq]
+            gemm(dv + p * DV * N, N, true, false, gp + i0, N, 1, pbuf, Npad, nq, DV, N);
+            gemm(dk + p * D * N, N, true, false, qp + i0, N, 1, dsbuf, Npad, nq, D, N);
           }
-          dots(dsbuf, Npad, k + p * D * N, N, D, nq, N, ones, dq + p * D * N + i0, 1, N);
-          // dV[c, :] += sum_iq P[iq, :] dO[c, i0 + iq];  dK[d, :] += sum_iq dS[iq, :] q[d, i0 + iq]
-          gemm(dv + p * DV * N, N, true, false, gp + i0, N, 1, pbuf, Npad, nq, DV, N);
-          gemm(dk + p * D * N, N, true, false, qp + i0, N, 1, dsbuf, Npad, nq, D, N);
+          if (rel) relative_table_grads(p, drh, drw, gh, gw);
         }
       }
     });
@@ -418,10 +510,31 @@ void check(const at::Tensor& t, const at::Tensor& q, const char* name, int64_t r
               ": expected shape (", q.size(0), ", ", rows, ", ", cols, "), got ", t.sizes());
 }
 
+void check_table(const c10::optional<at::Tensor>& t, const at::Tensor& q, const char* name, int64_t n) {
+  if (!t.has_value()) return;
+  TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == q.scalar_type() && t->is_contiguous(), name,
+              ": expected a contiguous CPU tensor of q's dtype");
+  TORCH_CHECK(t->dim() == 2 && t->size(0) == 2 * n - 1 && t->size(1) == q.size(1), name, ": expected shape (",
+              2 * n - 1, ", ", q.size(1), "), got ", t->sizes());
+}
+
+// The embeddings and their transposed copies (kept alive by the caller while the kernel runs).
+struct Tables {
+  c10::optional<at::Tensor> rel_h, rel_w, rel_ht, rel_wt;
+  Tables(const c10::optional<at::Tensor>& h, const c10::optional<at::Tensor>& w) : rel_h(h), rel_w(w) {
+    if (h.has_value()) rel_ht = h->t().contiguous();
+    if (w.has_value()) rel_wt = w->t().contiguous();
+  }
+};
+
 template <typename T>
-Kernel<T> make_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                      const c10::optional<at::Tensor>& rh, const c10::optional<at::Tensor>& rw, double scale,
-                      int64_t h, int64_t w) {
+const T* data_or_null(const c10::optional<at::Tensor>& t) {
+  return t.has_value() ? t->data_ptr<T>() : nullptr;
+}
+
+template <typename T>
+Kernel<T> make_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const Tables& tables,
+                      double scale, int64_t h, int64_t w) {
   Kernel<T> kern;
   kern.P = q.size(0);
   kern.D = q.size(1);
@@ -429,39 +542,42 @@ Kernel<T> make_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor
   kern.DV = v.size(1);
   kern.H = h;
   kern.W = w;
-  TORCH_CHECK(h * w == kern.N, "h * w must equal the number of positions");
+  TORCH_CHECK(h >= 1 && w >= 1 && h * w == kern.N, "h * w must equal the number of positions");
   check(q, q, "q", kern.D, kern.N);
   check(k, q, "k", kern.D, kern.N);
   check(v, q, "v", kern.DV, kern.N);
-  if (rh.has_value()) check(*rh, q, "rh", kern.N, h);
-  if (rw.has_value()) check(*rw, q, "rw", kern.N, w);
+  check_table(tables.rel_h, q, "rel_h", h);
+  check_table(tables.rel_w, q, "rel_w", w);
   kern.Npad = (kern.N + 2 * Kernel<T>::VL - 1) / (2 * Kernel<T>::VL) * (2 * Kernel<T>::VL);
   kern.q = q.data_ptr<T>();
   kern.k = k.data_ptr<T>();
   kern.v = v.data_ptr<T>();
-  kern.rh = rh.has_value() ? rh->data_ptr<T>() : nullptr;
-  kern.rw = rw.has_value() ? rw->data_ptr<T>() : nullptr;
+  kern.rel_h = data_or_null<T>(tables.rel_h);
+  kern.rel_w = data_or_null<T>(tables.rel_w);
+  kern.rel_ht = data_or_null<T>(tables.rel_ht);
+  kern.rel_wt = data_or_null<T>(tables.rel_wt);
   kern.scale = static_cast<T>(scale);
   kern.scale2 = static_cast<T>(scale * kLog2e);
   return kern;
 }
 
 std::vector<at::Tensor> forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                const c10::optional<at::Tensor>& rh, const c10::optional<at::Tensor>& rw, double scale,
-                                int64_t h, int64_t w) {
+                                const c10::optional<at::Tensor>& rel_h, const c10::optional<at::Tensor>& rel_w,
+                                double scale, int64_t h, int64_t w) {
   TORCH_CHECK(q.scalar_type() == at::kFloat || q.scalar_type() == at::kDouble, "expected float32 or float64");
   TORCH_CHECK(q.dim() == 3 && v.dim() == 3, "expected (pairs, depth, positions) tensors");
   at::Tensor out = at::empty({q.size(0), v.size(1), q.size(2)}, q.options());
   at::Tensor lse = at::empty({q.size(0), q.size(2)}, q.options());
+  const Tables tables(rel_h, rel_w);
   pybind11::gil_scoped_release no_gil;
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "aacn_cpu_attention_forward", [&] {
-    make_kernel<scalar_t>(q, k, v, rh, rw, scale, h, w).forward(out.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>());
+    make_kernel<scalar_t>(q, k, v, tables, scale, h, w).forward(out.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>());
   });
   return {out, lse};
 }
 
 std::vector<at::Tensor> backward(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                 const c10::optional<at::Tensor>& rh, const c10::optional<at::Tensor>& rw,
+                                 const c10::optional<at::Tensor>& rel_h, const c10::optional<at::Tensor>& rel_w,
                                  const at::Tensor& out, const at::Tensor& lse, double scale, int64_t h, int64_t w) {
   TORCH_CHECK(q.scalar_type() == at::kFloat || q.scalar_type() == at::kDouble, "expected float32 or float64");
   TORCH_CHECK(q.dim() == 3 && v.dim() == 3, "expected (pairs, depth, positions) tensors");
@@ -472,17 +588,41 @@ std::vector<at::Tensor> backward(const at::Tensor& dout, const at::Tensor& q, co
   at::Tensor dq = at::empty_like(q);
   at::Tensor dk = at::zeros_like(q);
   at::Tensor dv = at::zeros_like(v);
-  at::Tensor drh = rh.has_value() ? at::empty_like(*rh) : at::empty({0}, q.options());
-  at::Tensor drw = rw.has_value() ? at::empty_like(*rw) : at::empty({0}, q.options());
-  pybind11::gil_scoped_release no_gil;
-  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "aacn_cpu_attention_backward", [&] {
-    make_kernel<scalar_t>(q, k, v, rh, rw, scale, h, w)
-        .backward(dout.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>(),
-                  dq.data_ptr<scalar_t>(), dk.data_ptr<scalar_t>(), dv.data_ptr<scalar_t>(),
-                  rh.has_value() ? drh.data_ptr<scalar_t>() : nullptr,
-                  rw.has_value() ? drw.data_ptr<scalar_t>() : nullptr);
-  });
-  return {dq, dk, dv, drh, drw};
+  const Tables tables(rel_h, rel_w);
+  const int64_t groups = std::max<int64_t>(1, std::min<int64_t>(q.size(0), Kernel<float>::kGroups));
+  // one buffer per pair group; summed in group order below
+  at::Tensor gh = rel_h.has_value() ? at::zeros({groups, rel_h->size(1), rel_h->size(0)}, q.options())
+                                    : at::empty({0}, q.options());  // transposed: (groups, D, 2h-1)
+  at::Tensor gw = rel_w.has_value() ? at::zeros({groups, rel_w->size(1), rel_w->size(0)}, q.options())
+                                    : at::empty({0}, q.options());
+  {
+    pybind11::gil_scoped_release no_gil;
+    AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "aacn_cpu_attention_backward", [&] {
+      make_kernel<scalar_t>(q, k, v, tables, scale, h, w)
+          .backward(dout.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>(),
+                    dq.data_ptr<scalar_t>(), dk.data_ptr<scalar_t>(), dv.data_ptr<scalar_t>(),
+                    rel_h.has_value() ? gh.data_ptr<scalar_t>() : nullptr,
+                    rel_w.has_value() ? gw.data_ptr<scalar_t>() : nullptr);
+    });
+  }
+  // (groups, D, L) -> (L, D): the groups added in order, so the sum does not depend on the thread count
+  auto sum_groups = [&](const at::Tensor& parts) {
+    const int64_t G = parts.size(0), D = parts.size(1), L = parts.size(2);
+    at::Tensor total = at::zeros({L, D}, parts.options());
+    AT_DISPATCH_FLOATING_TYPES(parts.scalar_type(), "aacn_cpu_attention_sum_groups", [&] {
+      const scalar_t* src = parts.data_ptr<scalar_t>();
+      scalar_t* dst = total.data_ptr<scalar_t>();
+      for (int64_t g = 0; g < G; ++g) {
+        for (int64_t d = 0; d < D; ++d) {
+          for (int64_t m = 0; m < L; ++m) dst[m * D + d] += src[(g * D + d) * L + m];
+        }
+      }
+    });
+    return total;
+  };
+  at::Tensor drel_h = rel_h.has_value() ? sum_groups(gh) : at::empty({0}, q.options());
+  at::Tensor drel_w = rel_w.has_value() ? sum_groups(gw) : at::empty({0}, q.options());
+  return {dq, dk, dv, drel_h, drel_w};
 }
 
 }  // namespace
@@ -490,5 +630,5 @@ std::vector<at::Tensor> backward(const at::Tensor& dout, const at::Tensor& q, co
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "aacn: exact 2D relative attention on the CPU (see aacn/nn/cpu_kernel.py)";
   m.def("forward", &forward, "out (P, DV, N), lse (P, N)");
-  m.def("backward", &backward, "dq, dk, dv, drh, drw");
+  m.def("backward", &backward, "dq, dk, dv, drel_h, drel_w");
 }

@@ -5,15 +5,18 @@ head size for PyTorch's flash kernel (88 columns for dkh = 20 on a 32x32 grid), 
 folded and padding columns. Here, per (batch, head) pair with ``N = H*W`` positions, as in the Triton kernel
 (:mod:`aacn.nn.triton_attention`):
 
-* PyTorch computes the compact relative logits ``RH[i, x'] = q_i . r^H_(x'-x)`` (N x H) and
-  ``RW[i, y'] = q_i . r^W_(y'-y)`` (N x W) with two small einsums (autograd takes their gradients back to q and
-  the tables), in float32 (float64 for float64 inputs);
-* the kernel (``cpu_attention.cpp`` beside this file) computes each query's row of ``N`` logits from ``q . k``
-  plus ``RH`` broadcast over the key columns and ``RW`` over the key rows, its softmax and the weighted sum of
-  the values; it saves only the output and the log-sum-exp. The backward recomputes each row's probabilities
-  from the log-sum-exp and returns the gradients of q, k, v, ``RH`` and ``RW`` (row and column sums of the
-  logit gradients). Per-thread scratch is a few rows of ``N`` values: memory is ``O(B*Nh*HW*(dkh + dvh + H + W))``,
-  nothing ``(HW)^2``-sized and no widened copies of q, k, v.
+* the kernel (``cpu_attention.cpp`` beside this file) takes the ``(2H-1, dkh)`` and ``(2W-1, dkh)`` embeddings
+  themselves. Per query it computes the compact relative logits ``RH[i, x'] = q_i . r^H_(x'-x)`` (H values) and
+  ``RW[i, y'] = q_i . r^W_(y'-y)`` (W values), vectorised over x' (y'), then the row of ``N`` logits from
+  ``q . k`` plus ``RH`` broadcast over the key columns and ``RW`` over the key rows, its softmax and the weighted
+  sum of the values; it saves only the output and the log-sum-exp;
+* the backward recomputes each row's probabilities from the log-sum-exp and returns the gradients of q, k, v and
+  of both embeddings: the row and column sums of each query's logit gradients give ``dRH[i, .]`` and
+  ``dRW[i, .]``, which go straight on to q's gradient and to the embeddings' (summed per fixed group of
+  (batch, head) pairs, then over the groups in order, so the result does not depend on the thread count).
+  Per-thread scratch is a few rows of ``N`` values and one pair's ``(HW, H + W)`` relative-logit gradients:
+  memory is ``O(B*Nh*HW*(dkh + dvh))``, nothing ``(HW)^2``-sized, no ``(B, Nh, HW, H + W)`` tables and no widened
+  copies of q, k, v.
 
 The kernel works on channel-major heads, ``(B*Nh, d, HW)``: the key index is contiguous, so its inner loops run
 over keys with full SIMD vectors for any head size, which is what makes small heads (dkh of 3 to 26) fast; this
@@ -49,7 +52,7 @@ import torch
 from torch import Tensor
 
 from aacn.nn.lse_autograd import register_lse_autograd
-from aacn.nn.relative_attention import compute_dtype, relative_logits, softmax_dtype
+from aacn.nn.relative_attention import compute_dtype, softmax_dtype
 
 __all__ = [
     "cpu_attention", "cpu_kernel_builds", "cpu_kernel_for_auto", "cpu_kernel_unavailable_reason", "load_cpu_kernel",
@@ -146,45 +149,53 @@ def _flat(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
     return None if t is None else t.to(dtype).reshape(-1, t.shape[-2], t.shape[-1]).contiguous()
 
 
+def _table(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+    """An embedding table as a contiguous tensor in ``dtype``."""
+    return None if t is None else t.to(dtype).contiguous()
+
+
 @torch.library.custom_op("aacn::relative_attention_cpu", mutates_args=())
 def relative_attention_cpu(
-    q: Tensor, k: Tensor, v: Tensor, rh: Tensor | None, rw: Tensor | None, scale: float, h: int, w: int
+    q: Tensor, k: Tensor, v: Tensor, rel_h: Tensor | None, rel_w: Tensor | None, scale: float, h: int, w: int
 ) -> tuple[Tensor, Tensor]:
-    """Forward on channel-major heads: q, k (B, Nh, dkh, HW), v (B, Nh, dvh, HW), ``rh`` (B, Nh, HW, H) and ``rw``
-    (B, Nh, HW, W) compact relative logits (or None). Returns the (B, Nh, dvh, HW) output in q's dtype and the
-    (B, Nh, HW) log-sum-exp of the scaled logits (float32; float64 for float64). Any strides."""
+    """Forward on channel-major heads: q, k (B, Nh, dkh, HW), v (B, Nh, dvh, HW), the relative embeddings
+    ``rel_h`` (2h-1, dkh) and ``rel_w`` (2w-1, dkh) (or None; any float dtype, used in the kernel's). Returns the
+    (B, Nh, dvh, HW) output in q's dtype and the (B, Nh, HW) log-sum-exp of the scaled logits (float32; float64
+    for float64). Any strides."""
     kd = _kernel_dtype(q.dtype)
     b, nh, _, n = q.shape
-    out, lse = load_cpu_kernel().forward(*(_flat(t, kd) for t in (q, k, v, rh, rw)), scale, h, w)
+    out, lse = load_cpu_kernel().forward(*(_flat(t, kd) for t in (q, k, v)), _table(rel_h, kd), _table(rel_w, kd),
+                                         scale, h, w)
     return out.view(b, nh, -1, n).to(q.dtype), lse.view(b, nh, n)
 
 
 @relative_attention_cpu.register_fake
-def _(q, k, v, rh, rw, scale, h, w):
+def _(q, k, v, rel_h, rel_w, scale, h, w):
     b, nh, _, n = q.shape
     return q.new_empty((b, nh, v.shape[2], n)), q.new_empty((b, nh, n), dtype=softmax_dtype(q.dtype))
 
 
 @torch.library.custom_op("aacn::relative_attention_cpu_backward", mutates_args=())
 def relative_attention_cpu_backward(
-    grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, rh: Tensor | None, rw: Tensor | None, out: Tensor,
+    grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, rel_h: Tensor | None, rel_w: Tensor | None, out: Tensor,
     lse: Tensor, scale: float, h: int, w: int,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Gradients of q, k, v, ``rh``, ``rw`` (contiguous, in their dtypes; an empty tensor for an absent table),
-    recomputing the probabilities from the saved log-sum-exp."""
+    """Gradients of q, k, v, ``rel_h``, ``rel_w`` (contiguous, in their dtypes; an empty tensor for an absent
+    table), recomputing the probabilities from the saved log-sum-exp."""
     kd = _kernel_dtype(q.dtype)
-    flat = [_flat(t, kd) for t in (grad_out, q, k, v, rh, rw, out)]
-    grads = load_cpu_kernel().backward(*flat, _flat(lse.unsqueeze(-1), kd), scale, h, w)
+    flat = [_flat(t, kd) for t in (grad_out, q, k, v)]
+    grads = load_cpu_kernel().backward(*flat, _table(rel_h, kd), _table(rel_w, kd), _flat(out, kd),
+                                       _flat(lse.unsqueeze(-1), kd), scale, h, w)
     result = [g.view(t.shape).to(t.dtype) for g, t in zip(grads[:3], (q, k, v), strict=True)]
-    for g, t in zip(grads[3:], (rh, rw), strict=True):
+    for g, t in zip(grads[3:], (rel_h, rel_w), strict=True):
         result.append(g.view(t.shape).to(t.dtype) if t is not None else q.new_empty(0))
     return tuple(result)
 
 
 @relative_attention_cpu_backward.register_fake
-def _(grad_out, q, k, v, rh, rw, out, lse, scale, h, w):
+def _(grad_out, q, k, v, rel_h, rel_w, out, lse, scale, h, w):
     return tuple(torch.empty(t.shape, dtype=t.dtype, device=t.device) if t is not None else q.new_empty(0)
-                 for t in (q, k, v, rh, rw))
+                 for t in (q, k, v, rel_h, rel_w))
 
 
 register_lse_autograd(relative_attention_cpu, relative_attention_cpu_backward)
@@ -208,7 +219,6 @@ def cpu_attention(q: Tensor, k: Tensor, v: Tensor, rel_h: Tensor | None, rel_w: 
         # channel-major heads (B, Nh, d, HW): a view of AAConv2d's (B, Nh, d, H, W) projections
         qt, kt, vt = (t.to(dtype).permute(0, 1, 4, 2, 3).reshape(b, nh, t.shape[-1], h * w) for t in (q, k, v))
         rd = softmax_dtype(dtype)  # relative logits in float32 (float64) also for 16-bit inputs
-        tables = relative_logits(q.to(rd), rel_h, rel_w)
-        rh, rw = (t.reshape(b, nh, h * w, t.shape[-1]) if t is not None else None for t in tables)
+        rh, rw = (t.to(rd) if t is not None else None for t in (rel_h, rel_w))
         out, _ = relative_attention_cpu(qt, kt, vt, rh, rw, float(scale), h, w)
     return out.view(b, nh, dvh, h, w).permute(0, 1, 3, 4, 2)
