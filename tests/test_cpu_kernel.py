@@ -53,6 +53,13 @@ def test_float64_forward_and_every_gradient_match_reference(size, tables):
         assert (a - r).abs().max().item() <= 1e-10, f"{size} {tables} {name}"
 
 
+def test_float64_embedding_gradients_summed_over_many_pairs_match_reference():
+    tensors = _inputs(3, 4, b=35, nh=2, seed=3)  # 70 (batch, head) pairs: more than the kernel's 64 groups
+    want, got = _run("reference", tensors), _run("cpu", tensors)
+    for name, a, r in zip(["out", "q", "k", "v", "rel_h", "rel_w"], got, want, strict=True):
+        assert (a - r).abs().max().item() <= 1e-10, name
+
+
 @pytest.mark.parametrize("dkh, dvh", [(1, 1), (6, 3), (26, 13), (20, 20)])
 def test_float64_head_sizes_and_scale(dkh, dvh):
     tensors = _inputs(4, 6, b=1, nh=3, dkh=dkh, dvh=dvh, seed=dkh)
@@ -98,8 +105,9 @@ def test_large_logits_stay_finite():
     assert torch.isfinite(q.grad).all()
 
 
-def test_result_does_not_depend_on_the_thread_count():
-    tensors = _inputs(6, 7, dtype=torch.float32, b=3, nh=2)
+@pytest.mark.parametrize("b", [3, 35])  # 6 pairs: one per group; 70: groups of one and two pairs (64 groups)
+def test_result_does_not_depend_on_the_thread_count(b):
+    tensors = _inputs(6, 7, dtype=torch.float32, b=b, nh=2)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
