@@ -159,7 +159,7 @@ def relative_attention_cpu(
     q: Tensor, k: Tensor, v: Tensor, rel_h: Tensor | None, rel_w: Tensor | None, scale: float, h: int, w: int
 ) -> tuple[Tensor, Tensor]:
     """Forward on channel-major heads: q, k (B, Nh, dkh, HW), v (B, Nh, dvh, HW), the relative embeddings
-    ``rel_h`` (2h-1, dkh) and ``rel_w`` (2w-1, dkh) (or None; any float dtype, used in the kernel's). Returns the
+    ``rel_h`` (2h-1, dkh) and ``rel_w`` (2w-1, dkh) (or None; any float dtype, converted to the kernel's). Returns the
     (B, Nh, dvh, HW) output in q's dtype and the (B, Nh, HW) log-sum-exp of the scaled logits (float32; float64
     for float64). Any strides."""
     kd = _kernel_dtype(q.dtype)
