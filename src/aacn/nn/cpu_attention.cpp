@@ -402,17 +402,29 @@ struct Kernel {
     }
   }
 
-  // Pairs are processed in kGroups fixed groups (fewer when P is smaller): each group sums its embedding
-  // gradients in its own buffer, so the result does not depend on how groups are spread over threads.
-  static constexpr int64_t kGroups = 64;
-  int64_t groups() const { return std::min<int64_t>(P, kGroups); }
+  // out (L, D) = the sum over g < G of the transposed group buffers parts[g] (D, L), added in group order.
+  static void sum_groups(const std::vector<T>& parts, int64_t G, int64_t L, int64_t D, T* out) {
+    std::fill(out, out + L * D, T(0));
+    for (int64_t g = 0; g < G; ++g) {
+      for (int64_t d = 0; d < D; ++d) {
+        for (int64_t m = 0; m < L; ++m) out[m * D + d] += parts[(g * D + d) * L + m];
+      }
+    }
+  }
 
-  // drel_h, drel_w: groups() zeroed buffers of D * (2H-1) and D * (2W-1) values, the embeddings' gradients
-  // transposed (nullptr for an absent table); the caller adds them in group order.
+  // Pairs are processed in kGroups fixed groups (fewer when P is smaller): each group sums its embedding
+  // gradients in its own buffer and the buffers are added in group order, so the result does not depend on how
+  // groups are spread over threads.
+  static constexpr int64_t kGroups = 64;
+
+  // drel_h (2H-1, D), drel_w (2W-1, D): the embeddings' gradients (nullptr for an absent table).
   void backward(const T* dout, const T* out, const T* lse, T* dq, T* dk, T* dv, T* drel_h, T* drel_w) const {
     constexpr int64_t kBlock = 16;  // queries whose rows are kept for the dK/dV updates
-    const int64_t G = groups();
+    const int64_t G = std::min<int64_t>(P, kGroups);
     const bool rel = rel_h != nullptr || rel_w != nullptr;
+    // per group, transposed: (D, 2H-1) and (D, 2W-1)
+    std::vector<T> gh_parts(rel_h != nullptr ? G * D * (2 * H - 1) : 0);
+    std::vector<T> gw_parts(rel_w != nullptr ? G * D * (2 * W - 1) : 0);
     at::parallel_for(0, G, 1, [&](int64_t gbegin, int64_t gend) {
       std::vector<T> scratch(2 * kBlock * Npad + kBlock * (2 * D + DV + 1) + (N + 1) * (H + W) + 4 * VL);
       T* pbuf = scratch.data();
@@ -427,8 +439,8 @@ struct Kernel {
       T* drw = drh + N * H;      // (N, W)
       std::fill(ones, ones + kBlock, T(1));
       for (int64_t g = gbegin; g < gend; ++g) {
-        T* gh = drel_h != nullptr ? drel_h + g * D * (2 * H - 1) : nullptr;
-        T* gw = drel_w != nullptr ? drel_w + g * D * (2 * W - 1) : nullptr;
+        T* gh = rel_h != nullptr ? gh_parts.data() + g * D * (2 * H - 1) : nullptr;
+        T* gw = rel_w != nullptr ? gw_parts.data() + g * D * (2 * W - 1) : nullptr;
         for (int64_t p = g * P / G; p < (g + 1) * P / G; ++p) {
           const T* qp = q + p * D * N;
           const T* vp = v + p * DV * N;
@@ -500,6 +512,8 @@ struct Kernel {
         }
       }
     });
+    if (rel_h != nullptr) sum_groups(gh_parts, G, 2 * H - 1, D, drel_h);
+    if (rel_w != nullptr) sum_groups(gw_parts, G, 2 * W - 1, D, drel_w);
   }
 };
 
@@ -589,39 +603,16 @@ std::vector<at::Tensor> backward(const at::Tensor& dout, const at::Tensor& q, co
   at::Tensor dk = at::zeros_like(q);
   at::Tensor dv = at::zeros_like(v);
   const Tables tables(rel_h, rel_w);
-  const int64_t groups = std::max<int64_t>(1, std::min<int64_t>(q.size(0), Kernel<float>::kGroups));
-  // one buffer per pair group; summed in group order below
-  at::Tensor gh = rel_h.has_value() ? at::zeros({groups, rel_h->size(1), rel_h->size(0)}, q.options())
-                                    : at::empty({0}, q.options());  // transposed: (groups, D, 2h-1)
-  at::Tensor gw = rel_w.has_value() ? at::zeros({groups, rel_w->size(1), rel_w->size(0)}, q.options())
-                                    : at::empty({0}, q.options());
-  {
-    pybind11::gil_scoped_release no_gil;
-    AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "aacn_cpu_attention_backward", [&] {
-      make_kernel<scalar_t>(q, k, v, tables, scale, h, w)
-          .backward(dout.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>(),
-                    dq.data_ptr<scalar_t>(), dk.data_ptr<scalar_t>(), dv.data_ptr<scalar_t>(),
-                    rel_h.has_value() ? gh.data_ptr<scalar_t>() : nullptr,
-                    rel_w.has_value() ? gw.data_ptr<scalar_t>() : nullptr);
-    });
-  }
-  // (groups, D, L) -> (L, D): the groups added in order, so the sum does not depend on the thread count
-  auto sum_groups = [&](const at::Tensor& parts) {
-    const int64_t G = parts.size(0), D = parts.size(1), L = parts.size(2);
-    at::Tensor total = at::zeros({L, D}, parts.options());
-    AT_DISPATCH_FLOATING_TYPES(parts.scalar_type(), "aacn_cpu_attention_sum_groups", [&] {
-      const scalar_t* src = parts.data_ptr<scalar_t>();
-      scalar_t* dst = total.data_ptr<scalar_t>();
-      for (int64_t g = 0; g < G; ++g) {
-        for (int64_t d = 0; d < D; ++d) {
-          for (int64_t m = 0; m < L; ++m) dst[m * D + d] += src[(g * D + d) * L + m];
-        }
-      }
-    });
-    return total;
-  };
-  at::Tensor drel_h = rel_h.has_value() ? sum_groups(gh) : at::empty({0}, q.options());
-  at::Tensor drel_w = rel_w.has_value() ? sum_groups(gw) : at::empty({0}, q.options());
+  at::Tensor drel_h = rel_h.has_value() ? at::empty_like(*rel_h) : at::empty({0}, q.options());
+  at::Tensor drel_w = rel_w.has_value() ? at::empty_like(*rel_w) : at::empty({0}, q.options());
+  pybind11::gil_scoped_release no_gil;
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "aacn_cpu_attention_backward", [&] {
+    make_kernel<scalar_t>(q, k, v, tables, scale, h, w)
+        .backward(dout.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>(),
+                  dq.data_ptr<scalar_t>(), dk.data_ptr<scalar_t>(), dv.data_ptr<scalar_t>(),
+                  rel_h.has_value() ? drel_h.data_ptr<scalar_t>() : nullptr,
+                  rel_w.has_value() ? drel_w.data_ptr<scalar_t>() : nullptr);
+  });
   return {dq, dk, dv, drel_h, drel_w};
 }
 
